@@ -1,0 +1,80 @@
+import keras
+import numpy as np
+import pytest
+
+from rnnapps.models import RecurrentStack, SequencePooling
+from tests.layer_checks import assert_all_close, check_layer
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+def test_recurrent_stack_round_trips(cell, tmp_path):
+    x = np.random.default_rng(0).normal(size=(3, 7, 5)).astype("float32")
+    layer = RecurrentStack(4, cell=cell, depth=2, bidirectional=True, dropout=0.1, residual=True, return_sequences=True, seed=1)
+    check_layer(layer, x, tmp_path, expected_output_shape=(3, 7, 8))
+
+
+def test_last_step_output_shape_and_states(tmp_path):
+    x = np.ones((2, 6, 3), "float32")
+    layer = RecurrentStack(5, cell="lstm", depth=1, bidirectional=True, return_state=True)
+    outputs = layer(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 10)] + [(2, 5)] * 4
+
+
+def test_masked_equals_truncated():
+    """A post-padded, masked sequence gives the same result as the unpadded one."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(1, 4, 3)).astype("float32")
+    padded = np.concatenate([real, rng.normal(size=(1, 3, 3)).astype("float32")], axis=1)
+    mask = np.array([[True] * 4 + [False] * 3])
+    for bidirectional in (False, True):
+        layer = RecurrentStack(6, cell="gru", depth=2, bidirectional=bidirectional)
+        assert_all_close(layer(padded, mask=mask), layer(real), atol=1e-5)
+        seq = RecurrentStack(6, cell="lstm", depth=2, bidirectional=bidirectional, return_sequences=True)
+        assert_all_close(seq(padded, mask=mask)[:, :4], seq(real), atol=1e-5)
+
+
+def test_mask_propagates_through_embedding():
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
+    x = RecurrentStack(3, return_sequences=True)(x)
+    assert x._keras_mask is not None if hasattr(x, "_keras_mask") else True
+    model = keras.Model(tokens, SequencePooling(("mean",))(x))
+    a = model(np.array([[1, 2, 3, 0, 0]]))
+    b = model(np.array([[1, 2, 3]]))
+    assert_all_close(a, b, atol=1e-5)
+
+
+def test_residual_adds_input():
+    layer = RecurrentStack(4, depth=2, bidirectional=True, residual=True, return_sequences=True)
+    plain = RecurrentStack(4, depth=2, bidirectional=True, residual=False, return_sequences=True)
+    x = np.random.default_rng(2).normal(size=(2, 5, 8)).astype("float32")
+    layer.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    first = plain.recurrent_layers[0](x)
+    assert_all_close(layer(x), plain(x) + first, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cell": "transformer"}, "cell"),
+        ({"depth": 0}, "depth"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RecurrentStack(4, **kwargs)
+
+
+def test_sequence_pooling_masked(tmp_path):
+    x = np.array([[[1.0], [5.0], [100.0]], [[-2.0], [-4.0], [-6.0]]], "float32")
+    mask = np.array([[True, True, False], [True, True, True]])
+    pooled = SequencePooling(("max", "mean"))(x, mask=mask)
+    np.testing.assert_allclose(pooled, [[5.0, 3.0], [-2.0, -4.0]])
+    empty = SequencePooling()(x, mask=np.zeros((2, 3), bool))
+    np.testing.assert_allclose(empty, np.zeros((2, 2)))
+    check_layer(SequencePooling(("max",)), x, tmp_path, expected_output_shape=(2, 1))
+    with pytest.raises(ValueError, match="modes"):
+        SequencePooling(("median",))
