@@ -1,0 +1,287 @@
+"""A linear-chain conditional random field for sequence tagging, in Keras 3."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def _sequence_mask(emissions, mask):
+    if mask is None:
+        return ops.ones(ops.shape(emissions)[:2], dtype="bool")
+    return ops.cast(mask, "bool")
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class CRF(keras.layers.Layer):
+    """Linear-chain CRF: tag-transition scores on top of per-token emission scores.
+
+    The score of a tag path ``y`` for emissions ``x`` is
+    ``start[y_0] + sum_t x[t, y_t] + sum_t transitions[y_{t-1}, y_t] + end[y_last]``;
+    the model is ``p(y | x) = exp(score(y)) / Z(x)``. ``log_likelihood`` computes
+    ``log Z`` with the forward algorithm in log space and ``call`` decodes the best
+    path with Viterbi (Lafferty et al. 2001, "Conditional Random Fields";
+    Lample et al. 2016, "Neural Architectures for Named Entity Recognition").
+
+    Both loops run over time with ``keras.ops.scan``, so they trace inside a
+    ``tf.function`` and export in a SavedModel. All CRF arithmetic is float32,
+    also under a mixed-precision policy: log-partition sums over many tags and
+    steps overflow float16.
+
+    Masks are post-padded (``True`` = real token). A row without real tokens has
+    log-likelihood 0 and decodes to all zeros; padded positions decode to tag 0.
+
+    Training: give the model's emission scores (a ``Dense(num_tags)`` output) to
+    ``crf_loss(crf)`` as the compiled loss, and decode with the same layer:
+
+        emissions = keras.layers.Dense(num_tags)(features)   # mask propagates
+        crf = CRF(num_tags)
+        tagger = keras.Model(inputs, crf(emissions))   # decodes tag ids
+        training_model = keras.Model(inputs, emissions)
+        training_model.crf = crf   # tracked, so fit() trains the transitions
+        training_model.compile("adam", loss=crf_loss(crf))
+
+    or add ``crf.loss(emissions, tags, mask)`` through ``Model.compute_loss`` /
+    ``add_loss``. Save the tagger (the model whose output is ``crf(...)``); it
+    reloads without custom objects once ``rnnapps.models`` is imported.
+
+    Args:
+        num_tags: number of tags (>= 1).
+        use_boundary_transitions: learn start and end scores for the first and
+            the last tag of a sequence.
+        transitions_initializer: initializer of the transition (and boundary)
+            scores.
+
+    Call arguments:
+        emissions: float ``(batch, time, num_tags)`` unnormalised tag scores.
+        mask: optional boolean ``(batch, time)``, post-padded.
+
+    Returns:
+        int32 ``(batch, time)``: the Viterbi tag path, 0 at padded positions.
+
+    Example:
+
+    >>> crf = CRF(5)
+    >>> crf(keras.ops.zeros((2, 7, 5))).shape
+    (2, 7)
+    """
+
+    def __init__(
+        self,
+        num_tags: int,
+        use_boundary_transitions: bool = True,
+        transitions_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 1:
+            raise ValueError(f"Expected num_tags to be an integer >= 1. Received: num_tags={num_tags!r}")
+        self.num_tags = num_tags
+        self.use_boundary_transitions = bool(use_boundary_transitions)
+        self.transitions_initializer = keras.initializers.get(transitions_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        if input_shape is not None and input_shape[-1] is not None and input_shape[-1] != self.num_tags:
+            raise ValueError(
+                f"Expected emissions with last dimension num_tags={self.num_tags}. "
+                f"Received: emissions shape={tuple(input_shape)}"
+            )
+        # autocast=False: under mixed precision the scores must stay float32.
+        self.transitions = self.add_weight(
+            shape=(self.num_tags, self.num_tags),
+            initializer=self.transitions_initializer,
+            name="transitions",
+            autocast=False,
+        )
+        if self.use_boundary_transitions:
+            self.start_transitions = self.add_weight(
+                shape=(self.num_tags,), initializer=self.transitions_initializer, name="start_transitions", autocast=False
+            )
+            self.end_transitions = self.add_weight(
+                shape=(self.num_tags,), initializer=self.transitions_initializer, name="end_transitions", autocast=False
+            )
+        self.built = True
+
+    def _boundaries(self):
+        if self.use_boundary_transitions:
+            return ops.cast(self.start_transitions, "float32"), ops.cast(self.end_transitions, "float32")
+        zeros = ops.zeros((self.num_tags,), "float32")
+        return zeros, zeros
+
+    def _prepare(self, emissions, mask):
+        if not self.built:
+            self.build(ops.shape(emissions))
+        emissions = ops.cast(emissions, "float32")
+        mask = _sequence_mask(emissions, mask)
+        return emissions, mask
+
+    def log_likelihood(self, emissions, tags, mask=None):
+        """Per-sequence ``log p(tags | emissions)``, float32 ``(batch,)``.
+
+        Args:
+            emissions: float ``(batch, time, num_tags)``.
+            tags: integer ``(batch, time)`` gold tags (values at padded
+                positions are ignored).
+            mask: optional boolean ``(batch, time)``, post-padded.
+        """
+        emissions, mask = self._prepare(emissions, mask)
+        tags = ops.where(mask, ops.cast(tags, "int32"), 0)
+        return self._path_score(emissions, tags, mask) - self._log_partition(emissions, mask)
+
+    def loss(self, emissions, tags, mask=None):
+        """Mean negative log-likelihood over the batch, a float32 scalar."""
+        return -ops.mean(self.log_likelihood(emissions, tags, mask))
+
+    def _path_score(self, emissions, tags, mask):
+        start, end = self._boundaries()
+        real = ops.cast(mask, "float32")
+        has_tokens = ops.cast(ops.any(mask, axis=1), "float32")
+        emitted = ops.squeeze(ops.take_along_axis(emissions, ops.expand_dims(tags, -1), axis=-1), -1)
+        score = ops.sum(emitted * real, axis=1)
+        flat_index = tags[:, :-1] * self.num_tags + tags[:, 1:]
+        transition_scores = ops.take(ops.reshape(ops.cast(self.transitions, "float32"), (-1,)), flat_index)
+        score = score + ops.sum(transition_scores * real[:, 1:], axis=1)
+        lengths = ops.sum(ops.cast(mask, "int32"), axis=1)
+        last_tags = ops.squeeze(
+            ops.take_along_axis(tags, ops.expand_dims(ops.maximum(lengths - 1, 0), -1), axis=1), -1
+        )
+        score = score + (ops.take(start, tags[:, 0]) + ops.take(end, last_tags)) * has_tokens
+        return score
+
+    def _time_major(self, emissions, mask):
+        time_steps = ops.shape(emissions)[1]
+        is_first = ops.arange(time_steps) == 0
+        return (ops.transpose(emissions, (1, 0, 2)), ops.transpose(mask, (1, 0)), is_first)
+
+    def _log_partition(self, emissions, mask):
+        start, end = self._boundaries()
+        transitions = ops.cast(self.transitions, "float32")
+
+        # One scan over every step (the first one included) keeps length-1
+        # sequences off a zero-length scan, which TensorArrays handle badly.
+        def step(alpha, inputs):
+            emission, real, first = inputs
+            # alpha[b, i] + transitions[i, j] + emission[b, j], summed over i.
+            moved = ops.logsumexp(ops.expand_dims(alpha, 2) + transitions, axis=1) + emission
+            candidate = ops.where(first, start + emission, moved)
+            alpha = ops.where(ops.expand_dims(real, -1), candidate, alpha)
+            return alpha, alpha
+
+        initial = ops.zeros_like(emissions[:, 0, :])
+        alpha, _ = ops.scan(step, initial, self._time_major(emissions, mask))
+        log_partition = ops.logsumexp(alpha + end, axis=-1)
+        return ops.where(ops.any(mask, axis=1), log_partition, 0.0)
+
+    def viterbi_decode(self, emissions, mask=None):
+        """The best tag path and its score.
+
+        Returns:
+            ``(tags, best_score)``: int32 ``(batch, time)`` with 0 at padded
+            positions, and float32 ``(batch,)`` (0 for rows without tokens).
+        """
+        emissions, mask = self._prepare(emissions, mask)
+        start, end = self._boundaries()
+        transitions = ops.cast(self.transitions, "float32")
+        identity = ops.arange(self.num_tags, dtype="int32")
+
+        def forward(carry, inputs):
+            delta, _ = carry
+            emission, real, first = inputs
+            candidates = ops.expand_dims(delta, 2) + transitions
+            best_previous = ops.cast(ops.argmax(candidates, axis=1), "int32")
+            moved = ops.max(candidates, axis=1) + emission
+            candidate = ops.where(first, start + emission, moved)
+            real_column = ops.expand_dims(real, -1)
+            delta = ops.where(real_column, candidate, delta)
+            # Padded steps point every tag back at itself, so backtracking from
+            # the final step walks unchanged to the last real token.
+            pointers = ops.where(real_column, best_previous, identity)
+            return (delta, pointers), (delta, pointers)
+
+        initial_delta = ops.zeros_like(emissions[:, 0, :])
+        initial_pointers = ops.zeros_like(ops.cast(initial_delta, "int32")) + identity
+        (delta, _), (_, pointers) = ops.scan(
+            forward, (initial_delta, initial_pointers), self._time_major(emissions, mask)
+        )
+        final = delta + end
+        last_tag = ops.cast(ops.argmax(final, axis=-1), "int32")
+        has_tokens = ops.any(mask, axis=1)
+        best_score = ops.where(has_tokens, ops.max(final, axis=-1), 0.0)
+
+        def backward(tag, step_pointers):
+            previous = ops.squeeze(ops.take_along_axis(step_pointers, ops.expand_dims(tag, -1), axis=1), -1)
+            return previous, tag
+
+        _, path = ops.scan(backward, last_tag, pointers, reverse=True)
+        path = ops.transpose(path, (1, 0))
+        path = ops.where(mask, path, 0)
+        return ops.cast(path, "int32"), best_score
+
+    def call(self, emissions, mask=None):
+        tags, _ = self.viterbi_decode(emissions, mask)
+        return tags
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1]
+
+    def compute_output_spec(self, emissions, mask=None):
+        return keras.KerasTensor(self.compute_output_shape(emissions.shape), dtype="int32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_tags=self.num_tags,
+            use_boundary_transitions=self.use_boundary_transitions,
+            transitions_initializer=keras.initializers.serialize(self.transitions_initializer),
+        )
+        return config
+
+
+def crf_loss(crf_layer: CRF, padding_tag: int | None = None) -> keras.losses.Loss:
+    """A Keras loss for ``compile``: mean CRF negative log-likelihood.
+
+    ``y_pred`` are the emission scores ``(batch, time, num_tags)`` and ``y_true``
+    the integer tags ``(batch, time)``. The CRF mask is the Keras mask carried by
+    the emissions (from an ``Embedding(mask_zero=True)`` upstream) or, when
+    ``padding_tag`` is given, ``y_true != padding_tag``; without either, every
+    step is real. The loss holds ``crf_layer`` (and trains its weights), so it
+    is not serializable: save the tagging model, not the compiled training one.
+
+    Args:
+        crf_layer: the ``CRF`` whose transitions are trained.
+        padding_tag: optional tag id that marks padding in ``y_true``.
+    """
+    if not isinstance(crf_layer, CRF):
+        raise ValueError(f"Expected crf_layer to be a CRF layer. Received: crf_layer={crf_layer!r}")
+    return _CRFLoss(crf_layer, padding_tag)
+
+
+class _CRFLoss(keras.losses.Loss):
+    def __init__(self, crf_layer, padding_tag):
+        super().__init__(name="crf_loss")
+        self.crf_layer = crf_layer
+        self.padding_tag = padding_tag
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Loss.__call__ would apply the (batch, time) mask to a per-sequence
+        # loss; here that mask is the CRF's own input instead.
+        mask = keras.backend.get_keras_mask(y_pred) if hasattr(keras.backend, "get_keras_mask") else None
+        if mask is None:
+            mask = getattr(y_pred, "_keras_mask", None)
+        if self.padding_tag is not None:
+            from_tags = ops.not_equal(ops.cast(y_true, "int32"), self.padding_tag)
+            mask = from_tags if mask is None else ops.logical_and(ops.cast(mask, "bool"), from_tags)
+        if not self.crf_layer.built:
+            self.crf_layer.build(ops.shape(y_pred))
+        negative = -self.crf_layer.log_likelihood(y_pred, y_true, mask)
+        if sample_weight is not None:
+            weight = ops.cast(ops.reshape(sample_weight, (ops.shape(negative)[0], -1)), "float32")
+            negative = negative * ops.mean(weight, axis=1)
+        return ops.mean(negative)
+
+    def call(self, y_true, y_pred):
+        return -self.crf_layer.log_likelihood(y_pred, y_true)
