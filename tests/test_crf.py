@@ -24,7 +24,7 @@ def _path_score(emissions, path, weights):
     transitions = weights[0]
     start, end = (weights[1], weights[2]) if len(weights) == 3 else (np.zeros(NUM_TAGS), np.zeros(NUM_TAGS))
     score = start[path[0]] + end[path[-1]] + sum(emissions[t, tag] for t, tag in enumerate(path))
-    return score + sum(transitions[a, b] for a, b in zip(path[:-1], path[1:]))
+    return score + sum(transitions[a, b] for a, b in zip(path[:-1], path[1:], strict=True))
 
 
 def _all_scores(emissions, weights):
