@@ -19,3 +19,7 @@ class TrainingError(RnnappsError):
 
 class ExportError(RnnappsError):
     """A model cannot be exported or an export cannot be found."""
+
+
+class DataFormatError(RnnappsError, ValueError):
+    """A data file is malformed; the message names the file and the line."""

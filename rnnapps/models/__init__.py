@@ -6,5 +6,6 @@ is imported.
 """
 
 from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, SequencePooling
+from rnnapps.models.sequence import ClipSequenceLength
 
-__all__ = ["CELL_TYPES", "RecurrentStack", "SequencePooling"]
+__all__ = ["CELL_TYPES", "ClipSequenceLength", "RecurrentStack", "SequencePooling"]

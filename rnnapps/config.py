@@ -1,0 +1,166 @@
+"""Typed pipeline configuration: dataclasses, named presets, and overrides.
+
+Precedence, lowest to highest (written down, as OpenNMT-tf's runner does):
+dataclass defaults < ``--preset`` < ``--config file.toml`` < ``--set key=value``
+< the dedicated flags (``--epochs``, ``--batch-size``, ``--seed``). The resolved
+config is saved as ``config.json`` beside the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rnnapps.errors import ConfigError
+
+PRESET_NAMES = ("smoke", "cpu", "full")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Knobs every pipeline shares. Pipelines subclass this and add their own.
+
+    Presets are a class attribute ``PRESETS`` mapping ``smoke`` (seconds, for
+    tests), ``cpu`` (a good result on 2 CPU cores in minutes) and ``full`` (the
+    paper-sized model for a GPU) to field overrides.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "full": {}}
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clipnorm: float = 1.0
+    seed: int = 1337
+    # Stop after this many epochs without improvement of the validation metric (0 disables).
+    early_stopping_patience: int = 2
+    # Cap on optimizer steps per epoch (None: a full pass over the training data).
+    steps_per_epoch: int | None = None
+    # Use at most this many training examples (None: all); for quick experiments.
+    max_train_examples: int | None = None
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_cls)
+    return {field.name: hints[field.name] for field in dataclasses.fields(config_cls)}
+
+
+def _strip_optional(annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def coerce(key: str, annotation, value):
+    """Convert ``value`` (a string from the CLI, or a TOML/JSON value) to ``annotation``."""
+    inner, optional = _strip_optional(annotation)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if inner is float:
+            return float(value)
+        if inner is str:
+            return str(value)
+        origin = typing.get_origin(inner)
+        if origin in (tuple, list):
+            (item_type, *_rest) = typing.get_args(inner) or (str,)
+            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+            converted = [coerce(key, item_type, item) for item in items]
+            return tuple(converted) if origin is tuple else converted
+    except (TypeError, ValueError):
+        type_name = getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"{key}={value!r} is not a valid {type_name}") from None
+    return value
+
+
+def apply_overrides(config, overrides: Mapping[str, Any], source: str):
+    """A copy of ``config`` with ``overrides`` applied; unknown keys are an error naming the source."""
+    types_by_name = _field_types(type(config))
+    changes = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in types_by_name:
+            known = ", ".join(sorted(types_by_name))
+            raise ConfigError(f"unknown config key {key!r} in {source}; known keys: {known}")
+        changes[name] = coerce(name, types_by_name[name], value)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_set_options(pairs: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}`` with a clear error for a missing ``=``."""
+    parsed = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+
+
+def resolve_config(
+    config_cls: type,
+    preset: str = "cpu",
+    toml_path: str | Path | None = None,
+    set_options: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+):
+    """Build the config for a run, applying every source in precedence order."""
+    if preset not in config_cls.PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(config_cls.PRESETS)}")
+    config = apply_overrides(config_cls(), config_cls.PRESETS[preset], f"preset {preset!r}")
+    if toml_path:
+        config = apply_overrides(config, read_toml(toml_path), str(toml_path))
+    if set_options:
+        config = apply_overrides(config, set_options, "--set")
+    if flags:
+        config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "flags")
+    return config
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(config_cls: type, path: str | Path):
+    """Read a ``config.json`` written by :func:`save_config` back into ``config_cls``."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} not found: is this a run directory?") from None
+    return apply_overrides(config_cls(), values, str(path))

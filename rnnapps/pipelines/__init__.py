@@ -1,0 +1,31 @@
+"""The pipeline registry the CLI is generic over.
+
+Names map to module paths so that ``rnnapps list`` and ``--help`` answer
+without importing TensorFlow; a pipeline module is imported only when used.
+Each module defines ``PIPELINE``, an instance of
+:class:`rnnapps.pipelines.base.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rnnapps.errors import ConfigError
+
+REGISTRY: dict[str, tuple[str, str]] = {
+    "sentiment": ("rnnapps.pipelines.sentiment", "IMDB review sentiment: embedding → (bi)LSTM/GRU stack → sigmoid"),
+}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def describe(name: str) -> str:
+    return REGISTRY[name][1]
+
+
+def get_pipeline(name: str):
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown pipeline {name!r}; choose one of {', '.join(REGISTRY)}")
+    return importlib.import_module(REGISTRY[name][0]).PIPELINE

@@ -1,0 +1,71 @@
+"""PNG plots written into run directories (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """One panel per metric, training and validation curves over epochs."""
+    metrics = [key for key in history if key not in ("epoch",) and not key.startswith("val_") and key != "learning_rate"]
+    if not metrics:
+        raise ValueError("history has no metrics to plot")
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        epochs = np.arange(1, len(history[metric]) + 1)
+        axis.plot(epochs, history[metric], marker="o", label="train")
+        if f"val_{metric}" in history:
+            axis.plot(epochs[: len(history[f"val_{metric}"])], history[f"val_{metric}"], marker="o", label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def confusion_matrix(matrix, labels: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """A labelled heat map of counts (rows: true label, columns: predicted)."""
+    matrix = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), value in np.ndenumerate(matrix):
+        axis.text(column, row, f"{value:,}", ha="center", va="center", color="white" if value > threshold else "black")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def heatmap(values, row_labels: Sequence[str], column_labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """A generic labelled heat map (attention weights, per-class scores)."""
+    values = np.asarray(values)
+    figure, axis = plt.subplots(figsize=(0.45 * len(column_labels) + 2.5, 0.45 * len(row_labels) + 2))
+    image = axis.imshow(values, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(column_labels)), column_labels, rotation=90)
+    axis.set_yticks(range(len(row_labels)), row_labels)
+    if title:
+        axis.set_title(title)
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

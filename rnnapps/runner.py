@@ -1,0 +1,159 @@
+"""One runner for every verb: run, evaluate, export (the CLI only parses and calls these).
+
+Library users call the same functions::
+
+    from rnnapps.runner import run
+    result = run("sentiment", preset="smoke", data_dir="data/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from rnnapps import runtime
+from rnnapps.config import config_to_dict, load_config, resolve_config, save_config
+from rnnapps.data.sources import resolve_data_dir
+from rnnapps.errors import ConfigError
+from rnnapps.pipelines import get_pipeline
+
+MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    export_path: Path | None
+    config: object
+
+
+def _prepare(pipeline, config, precision: str, strategy_name: str):
+    policy = runtime.choose_precision(precision)
+    runtime.apply_precision(policy)
+    runtime.seed_everything(config.seed)
+    return policy, runtime.choose_strategy(strategy_name)
+
+
+def run(
+    name: str,
+    preset: str = "cpu",
+    *,
+    config_file: str | None = None,
+    set_options: dict | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    output_dir: str = "runs",
+    export_dir: str | None = "saved_models",
+    resume: bool | str = False,
+    precision: str = "auto",
+    strategy: str = "auto",
+    extra_callbacks=(),
+    verbose="auto",
+) -> RunResult:
+    """Train, evaluate, plot and export one pipeline; returns where everything went.
+
+    ``resume=True`` continues the latest run of ``name`` under ``output_dir``
+    (``resume`` may also be a run directory) with its saved config; training
+    restarts from the last completed epoch.
+    """
+    pipeline = get_pipeline(name)
+    if resume:
+        run_dir = runtime.latest_run_dir(output_dir, name) if resume is True else Path(resume)
+        config = load_config(pipeline.config_class, run_dir / "config.json")
+        if epochs is not None:
+            config = dataclasses.replace(config, epochs=epochs)
+    else:
+        flags = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+        config = resolve_config(pipeline.config_class, preset, config_file, set_options, flags)
+        run_dir = runtime.new_run_dir(output_dir, name)
+    save_config(config, run_dir / "config.json")
+    policy, strategy_obj = _prepare(pipeline, config, precision, strategy)
+    print(f"rnnapps: {name} run in {run_dir} (precision {policy}, {strategy_obj.num_replicas_in_sync} replica(s))")
+
+    datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
+    with strategy_obj.scope():
+        model = pipeline.build_model(config, datasets)
+    started = time.perf_counter()
+    try:
+        runtime.fit(
+            model,
+            datasets,
+            config,
+            run_dir,
+            pipeline.monitor,
+            pipeline.monitor_mode,
+            extra_callbacks=[*pipeline.extra_callbacks(model, datasets, config, run_dir), *extra_callbacks],
+            verbose=verbose,
+        )
+    except KeyboardInterrupt:
+        print(f"\nrnnapps: interrupted; continue with `rnnapps run {name} --resume --output-dir {output_dir}`")
+        raise
+    train_seconds = time.perf_counter() - started
+    model.save(run_dir / MODEL_FILE)
+    metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
+    metrics["train_seconds_this_session"] = round(train_seconds, 2)
+    runtime.write_json(run_dir / "metrics.json", metrics)
+    export_path = None
+    if export_dir:
+        export_path = export(name, run_dir=run_dir, export_dir=export_dir, model=model, config=config, metrics=metrics)
+    return RunResult(run_dir, metrics, export_path, config)
+
+
+def _evaluate_and_plot(pipeline, model, datasets, config, run_dir: Path) -> dict:
+    from rnnapps import plots
+
+    metrics = pipeline.evaluate(model, datasets, config, run_dir)
+    history = runtime.read_history(run_dir / "history.csv")
+    if history:
+        plots.learning_curves(history, run_dir / "learning_curves.png", title=f"{pipeline.name} learning curves")
+    return metrics
+
+
+def load_run(name: str, run_dir: str | Path | None = None, output_dir: str = "runs"):
+    """The pipeline, config and trained model of a finished run."""
+    import keras
+
+    pipeline = get_pipeline(name)
+    run_dir = Path(run_dir) if run_dir else runtime.latest_run_dir(output_dir, name)
+    config = load_config(pipeline.config_class, run_dir / "config.json")
+    model_path = run_dir / MODEL_FILE
+    if not model_path.exists():
+        raise ConfigError(f"{str(run_dir)!r} has no {MODEL_FILE}: the run did not finish; continue it with --resume")
+    model = keras.saving.load_model(model_path)
+    return pipeline, config, model, run_dir
+
+
+def evaluate(name: str, run_dir: str | None = None, output_dir: str = "runs", data_dir: str | None = None) -> dict:
+    """Re-evaluate a finished run on its test split; rewrites its metrics.json."""
+    pipeline, config, model, run_dir = load_run(name, run_dir, output_dir)
+    datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
+    metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
+    runtime.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def export(
+    name: str,
+    run_dir: str | Path | None = None,
+    output_dir: str = "runs",
+    export_dir: str = "saved_models",
+    model=None,
+    config=None,
+    metrics: dict | None = None,
+) -> Path:
+    """Export a run's model as ``export_dir/name/<next version>/``; returns that path."""
+    from rnnapps.export import export_saved_model
+
+    if model is None:
+        pipeline, config, model, run_dir = load_run(name, run_dir, output_dir)
+    else:
+        pipeline = get_pipeline(name)
+    endpoints = pipeline.serving(model, config)
+    metadata = {"run_dir": str(Path(run_dir).resolve()) if run_dir else None, "config": config_to_dict(config)}
+    if metrics:
+        metadata["metrics"] = metrics
+    return export_saved_model(model, endpoints, export_dir, name, metadata=metadata)

@@ -1,0 +1,210 @@
+"""Shared runtime: strategy, precision, seeding, run directories and callbacks.
+
+Every pipeline trains through :func:`fit` here; nothing else in the package
+calls ``model.fit``. See docs/design.md for the choices and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from rnnapps.errors import ConfigError, TrainingError
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+def num_gpus() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def choose_precision(requested: str = "auto", gpus: int | None = None) -> str:
+    """The Keras dtype policy name for ``requested``.
+
+    ``auto`` is ``mixed_float16`` on a GPU (tensor cores, cuDNN RNN kernels) and
+    ``float32`` on a CPU: MEASUREMENTS.md found mixed_bfloat16 gives 0.7–1.1× for
+    Keras LSTM/GRU on this CPU, so it is opt-in only.
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    gpus = num_gpus() if gpus is None else gpus
+    return "mixed_float16" if gpus > 0 else "float32"
+
+
+def apply_precision(policy_name: str) -> None:
+    keras.mixed_precision.set_global_policy(policy_name)
+
+
+def choose_strategy(requested: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy for ``requested``; batch sizes stay global.
+
+    ``auto`` mirrors over all local GPUs when there is more than one, and is
+    the default (single device) strategy otherwise. ``multiworker`` reads the
+    cluster from ``$TF_CONFIG``.
+    """
+    if requested not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {requested!r}; choose one of {', '.join(STRATEGIES)}")
+    gpus = num_gpus() if gpus is None else gpus
+    if requested == "mirrored" or (requested == "auto" and gpus > 1):
+        return tf.distribute.MirroredStrategy()
+    if requested == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy multiworker needs the cluster in $TF_CONFIG")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed``)."""
+    keras.utils.set_random_seed(int(seed))
+
+
+def make_optimizer(config) -> keras.optimizers.Optimizer:
+    """Adam with the config's learning rate and gradient-norm clipping.
+
+    Under ``mixed_float16`` ``Model.compile`` wraps it in a LossScaleOptimizer.
+    """
+    clipnorm = config.clipnorm if config.clipnorm and config.clipnorm > 0 else None
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=clipnorm)
+
+
+# --- run directories -------------------------------------------------------------------------
+
+def new_run_dir(output_dir: str | Path, pipeline: str) -> Path:
+    """``<output_dir>/<pipeline>/<YYYYmmdd-HHMMSS>[-n]/``, created."""
+    root = Path(output_dir) / pipeline
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = root / stamp, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{stamp}-{suffix}"
+    candidate.mkdir()
+    return candidate
+
+
+def latest_run_dir(output_dir: str | Path, pipeline: str) -> Path:
+    """The most recent run of ``pipeline`` (by name, which sorts by start time)."""
+    root = Path(output_dir) / pipeline
+    runs = sorted(p for p in root.glob("*") if (p / "config.json").exists()) if root.is_dir() else []
+    if not runs:
+        raise ConfigError(f"no runs of {pipeline!r} under {str(root)!r}; start one with `rnnapps run {pipeline}`")
+    return runs[-1]
+
+
+def write_json(path: str | Path, values) -> None:
+    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(values, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(temporary, path)
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+# --- callbacks -------------------------------------------------------------------------------
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first NaN/inf loss and remember it, so the run can fail clearly.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it records the batch, and because
+    BackupAndRestore only saves at epoch ends, the last good backup survives.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.bad_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_batch = batch
+            self.model.stop_training = True
+
+
+def training_callbacks(run_dir: Path, monitor: str, mode: str, patience: int, extra=()) -> list:
+    """Checkpoints, resume backups, logs, early stopping and NaN detection."""
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "checkpoints" / "best.weights.h5"),
+            monitor=monitor,
+            mode=mode,
+            save_best_only=True,
+            save_weights_only=True,
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
+        StopOnNaN(),
+    ]
+    if patience and patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True)
+        )
+    callbacks.extend(extra)
+    return callbacks
+
+
+def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode: str, extra_callbacks=(), verbose="auto"):
+    """Train ``model`` on ``datasets.train`` with the shared callbacks; returns the History.
+
+    Resumes from ``run_dir/backup`` when a previous attempt was interrupted.
+    Raises :class:`TrainingError` when the loss became NaN.
+    """
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    callbacks = training_callbacks(run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks)
+    nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
+    with warnings.catch_warnings():
+        # tf.data datasets are shuffled by the pipeline, and bucketed ones have unknown length
+        # until the first epoch ends: Keras' warnings about both only confuse users.
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        history = _fit(model, datasets, config, callbacks, verbose)
+    if nan_guard.bad_batch is not None:
+        raise TrainingError(
+            f"loss became NaN at batch {nan_guard.bad_batch}; try a lower learning_rate or clipnorm "
+            f"(--set learning_rate=...). The last good epoch is backed up in {run_dir / 'backup'}"
+        )
+    return history
+
+
+def _fit(model, datasets, config, callbacks, verbose):
+    return model.fit(
+        datasets.train,
+        validation_data=datasets.validation,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """``history.csv`` (one row per epoch, appended across resumes) as columns."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    columns: dict[str, list[float]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                try:
+                    columns.setdefault(key, []).append(float(value))
+                except (TypeError, ValueError):
+                    continue
+    return columns
