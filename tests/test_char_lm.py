@@ -187,3 +187,36 @@ def test_wrapper_arguments():
     plain = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(VOCAB, 2)])
     with pytest.raises(ValueError, match="language_model"):
         TruncatedBPTTModel(plain, batch_size=2)
+
+
+def test_generation_exports_as_saved_model(tmp_path):
+    model = tiny_model(depth=2)
+
+    class Generator(tf.Module):
+        def __init__(self, language_model):
+            super().__init__()
+            self.language_model = language_model
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.int32),
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
+        def generate(self, prompt, length, temperature, seed):
+            states = initial_states(self.language_model, tf.shape(prompt)[0])
+            step = step_function(self.language_model)
+            return generate_tokens(step, states, prompt, length, temperature, 3, seed, start_id=1)
+
+    generator = Generator(model)
+    prompt = tf.constant([[1, 2], [3, 4]], tf.int32)
+    greedy = generator.generate(prompt, 5, 0.0, 0).numpy()
+    sampled = generator.generate(prompt, 5, 1.0, 9).numpy()
+    tf.saved_model.save(generator, str(tmp_path / "first"))
+    (tmp_path / "first").rename(tmp_path / "moved")
+    reloaded = tf.saved_model.load(str(tmp_path / "moved"))
+    np.testing.assert_array_equal(reloaded.generate(prompt, 5, 0.0, 0), greedy)
+    np.testing.assert_array_equal(reloaded.generate(prompt, 5, 1.0, 9), sampled)
+    assert reloaded.generate(tf.zeros((1, 0), tf.int32), 7, 0.8, 1).shape == (1, 7)

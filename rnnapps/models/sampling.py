@@ -123,6 +123,9 @@ def generate_tokens(
         lambda: prompt_ids,
         lambda: tf.fill([batch_size, 1], tf.cast(start_id, tf.int32)),
     )
+    # tf.cond forgets the static batch size, which Keras' RNN loops check
+    # against the state's.
+    prefix.set_shape([prompt_ids.shape[0], None])
     prefix_length = tf.shape(prefix)[1]
 
     # The first step runs outside the loop so the logits' shape is known for
