@@ -13,7 +13,11 @@ from rnnapps.models.char_lm import (
     step_function,
 )
 from rnnapps.models.sampling import generate_tokens
-from tests.layer_checks import assert_all_close, check_keras_round_trip, check_saved_model_round_trip
+from tests.layer_checks import (
+    assert_all_close,
+    check_keras_round_trip,
+    check_saved_model_round_trip,
+)
 
 VOCAB = 7
 
