@@ -49,7 +49,7 @@ _EXPECTED = {
     "mnist": ["mnist/mnist.npz (x_train, y_train, x_test, y_test; uint8)"],
     "svhn": [
         "svhn/svhn.npz (x_train, y_train, x_test, y_test)",
-        "or the original train_32x32.mat and test_32x32.mat in svhn/ or in the data directory",
+        "or the original train_32x32.mat and test_32x32.mat (SVHN format 2) in svhn/ or the data directory itself",
     ],
 }
 
@@ -194,7 +194,7 @@ def _load_binarized_mnist(directory: Path | None) -> dict:
         return {name: (images, None) for name, (images, _) in splits.items()}
     arrays = _read_npz(path, ("x_train", "x_valid", "x_test"))
     result = {}
-    for split, key in zip(SPLITS, ("x_train", "x_valid", "x_test")):
+    for split, key in zip(SPLITS, ("x_train", "x_valid", "x_test"), strict=True):
         images = _check_images(arrays[key], path, key, _MNIST_SHAPE)
         _check_range(images, path, key, 1, "0/1 (binarized)")
         result[split] = (images, None)
@@ -263,7 +263,7 @@ def _from_tfds(name: str, splits: list[str], dataset: str, directory: Path | Non
     )
     result = {}
     # Our split names are tfds' own ("train", "validation", "test").
-    for split, features in zip(splits, loaded):
+    for split, features in zip(splits, loaded, strict=True):
         images = _check_images(np.asarray(features["image"]), where, split, shape)
         labels = np.asarray(features["label"], dtype=np.int64) if "label" in features else None
         result[split] = (images, labels)
@@ -331,6 +331,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _check_images(array: np.ndarray, path: Path, key: str, shape: tuple[int, int, int]):
     """Require uint8 ``(N, *shape)``; greyscale may come without the channel axis or flattened."""
     height, width, channels = shape
+    original_shape = array.shape
     if array.dtype != np.uint8:
         raise ImageDataError(f"{path}: {key} has dtype {array.dtype}; expected uint8")
     if channels == 1 and array.ndim == 2 and array.shape[1] == height * width:
@@ -341,7 +342,7 @@ def _check_images(array: np.ndarray, path: Path, key: str, shape: tuple[int, int
         accepted = f"(N, {height}, {width}, {channels})"
         if channels == 1:
             accepted += f", (N, {height}, {width}) or (N, {height * width})"
-        raise ImageDataError(f"{path}: {key} has shape {array.shape}; expected {accepted}")
+        raise ImageDataError(f"{path}: {key} has shape {original_shape}; expected {accepted}")
     return array
 
 
