@@ -104,7 +104,7 @@ class MaskedConv2D(keras.layers.Conv2D):
     Example:
 
     >>> layer = MaskedConv2D(16, 7, mask_type="A")
-    >>> layer(keras.ops.zeros((2, 28, 28, 1))).shape
+    >>> tuple(layer(keras.ops.zeros((2, 28, 28, 1))).shape)
     (2, 28, 28, 16)
     """
 
@@ -206,7 +206,7 @@ class RowLSTM(keras.layers.Layer):
     Example:
 
     >>> layer = RowLSTM(32)
-    >>> layer(keras.ops.zeros((2, 28, 28, 16))).shape
+    >>> tuple(layer(keras.ops.zeros((2, 28, 28, 16))).shape)
     (2, 28, 28, 32)
     """
 
