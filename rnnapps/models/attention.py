@@ -67,10 +67,16 @@ class _Attention(keras.layers.Layer):
     def compute_mask(self, query, mask=None):
         return [None, None]
 
-    def compute_output_shape(self, query_shape, value_shape, key_shape=None, projected_key_shape=None):
+    def compute_output_shape(
+        self, query_shape, value_shape, key_shape=None, projected_key_shape=None
+    ):
         if len(query_shape) == 2:
             return (query_shape[0], value_shape[-1]), (query_shape[0], value_shape[1])
-        return (query_shape[0], query_shape[1], value_shape[-1]), (query_shape[0], query_shape[1], value_shape[1])
+        return (query_shape[0], query_shape[1], value_shape[-1]), (
+            query_shape[0],
+            query_shape[1],
+            value_shape[1],
+        )
 
     def compute_output_spec(self, query, value, key=None, mask=None, projected_key=None):
         context_shape, weights_shape = self.compute_output_shape(query.shape, value.shape)
@@ -122,7 +128,9 @@ class BahdanauAttention(_Attention):
         if int(units) < 1:
             raise ValueError(f"Expected units >= 1. Received: units={units}")
         self.units = int(units)
-        self.query_projection = keras.layers.Dense(self.units, use_bias=False, name="query_projection")
+        self.query_projection = keras.layers.Dense(
+            self.units, use_bias=False, name="query_projection"
+        )
         self.key_projection = keras.layers.Dense(self.units, use_bias=False, name="key_projection")
 
     def build(self, query_shape, value_shape, key_shape=None, projected_key_shape=None):
@@ -139,7 +147,8 @@ class BahdanauAttention(_Attention):
     def _scores(self, query, projected_key):
         # (batch, Tq, 1, units) + (batch, 1, Tv, units): every query against every key.
         hidden = ops.tanh(
-            ops.expand_dims(self.query_projection(query), axis=2) + ops.expand_dims(projected_key, axis=1)
+            ops.expand_dims(self.query_projection(query), axis=2)
+            + ops.expand_dims(projected_key, axis=1)
         )
         return ops.matmul(hidden, ops.cast(self.score_vector, hidden.dtype))
 
@@ -184,7 +193,9 @@ class LuongAttention(_Attention):
     def __init__(self, score: str = "dot", scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         if score not in LUONG_SCORES:
-            raise ValueError(f"Expected score to be one of {LUONG_SCORES}. Received: score={score!r}")
+            raise ValueError(
+                f"Expected score to be one of {LUONG_SCORES}. Received: score={score!r}"
+            )
         self.score = score
         self.scale = bool(scale)
         self.key_projection = None
@@ -193,7 +204,9 @@ class LuongAttention(_Attention):
         query_width = query_shape[-1]
         key_width = (key_shape if key_shape is not None else value_shape)[-1]
         if self.score == "general":
-            self.key_projection = keras.layers.Dense(query_width, use_bias=False, name="key_projection")
+            self.key_projection = keras.layers.Dense(
+                query_width, use_bias=False, name="key_projection"
+            )
             self.key_projection.build((None, None, key_width))
         elif query_width is not None and key_width is not None and query_width != key_width:
             raise ValueError(

@@ -51,7 +51,9 @@ def _validate(max_length, start_id, end_id):
         raise ValueError(f"Expected max_length >= 1. Received: max_length={max_length}")
     for name, value in (("start_id", start_id), ("end_id", end_id)):
         if int(value) == PAD_ID:
-            raise ValueError(f"Expected {name} != {PAD_ID} (the padding id). Received: {name}={value}")
+            raise ValueError(
+                f"Expected {name} != {PAD_ID} (the padding id). Received: {name}={value}"
+            )
 
 
 def _forbid_padding(log_probs):
@@ -61,13 +63,24 @@ def _forbid_padding(log_probs):
     return tf.where(is_pad, tf.cast(_IMPOSSIBLE, log_probs.dtype), log_probs)
 
 
+def _flatten_extra(extra):
+    return [] if extra is None else tf.nest.flatten(extra)
+
+
 def _zero_where(finished, tensor):
     """Zero the rows of ``tensor`` (batch-major) whose ``finished`` flag is set."""
-    flags = tf.reshape(finished, tf.concat([tf.shape(finished), tf.ones([tf.rank(tensor) - tf.rank(finished)], tf.int32)], 0))
+    flags = tf.reshape(
+        finished,
+        tf.concat(
+            [tf.shape(finished), tf.ones([tf.rank(tensor) - tf.rank(finished)], tf.int32)], 0
+        ),
+    )
     return tf.where(flags, tf.zeros_like(tensor), tensor)
 
 
-def greedy_decode(step_fn, initial_states, start_id, end_id, max_length, batch_size) -> DecodeResult:
+def greedy_decode(
+    step_fn, initial_states, start_id, end_id, max_length, batch_size
+) -> DecodeResult:
     """Pick the most probable token at every step until EOS or ``max_length``.
 
     Args:
@@ -101,17 +114,21 @@ def greedy_decode(step_fn, initial_states, start_id, end_id, max_length, batch_s
         chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
         scores = scores + tf.where(finished, 0.0, chosen_log_prob)
         lengths = lengths + tf.where(finished, 0, 1)
-        extra = tf.nest.map_structure(lambda item: _zero_where(finished, item), extra)
+        if extra is not None:
+            extra = tf.nest.map_structure(lambda item: _zero_where(finished, item), extra)
         finished = finished | tf.equal(chosen, end_id)
         return chosen, extra, finished, lengths, scores
 
     # The first step runs outside the loop: it reveals the structure and shape of ``extra``.
     log_probs, states, extra = step_fn(tokens, initial_states)
     tokens, extra, finished, lengths, scores = advance(log_probs, extra, finished, lengths, scores)
-    flat_extra = tf.nest.flatten(extra)
-    id_array = tf.TensorArray(tf.int32, size=max_length, element_shape=tokens.shape).write(0, tokens)
+    flat_extra = _flatten_extra(extra)
+    id_array = tf.TensorArray(tf.int32, size=max_length, element_shape=tokens.shape).write(
+        0, tokens
+    )
     extra_arrays = [
-        tf.TensorArray(item.dtype, size=max_length, element_shape=item.shape).write(0, item) for item in flat_extra
+        tf.TensorArray(item.dtype, size=max_length, element_shape=item.shape).write(0, item)
+        for item in flat_extra
     ]
 
     def condition(step, tokens, states, finished, lengths, scores, id_array, extra_arrays):
@@ -119,9 +136,14 @@ def greedy_decode(step_fn, initial_states, start_id, end_id, max_length, batch_s
 
     def body(step, tokens, states, finished, lengths, scores, id_array, extra_arrays):
         log_probs, states, extra = step_fn(tokens, states)
-        tokens, extra, finished, lengths, scores = advance(log_probs, extra, finished, lengths, scores)
+        tokens, extra, finished, lengths, scores = advance(
+            log_probs, extra, finished, lengths, scores
+        )
         id_array = id_array.write(step, tokens)
-        extra_arrays = [array.write(step, item) for array, item in zip(extra_arrays, tf.nest.flatten(extra))]
+        extra_arrays = [
+            array.write(step, item)
+            for array, item in zip(extra_arrays, _flatten_extra(extra), strict=True)
+        ]
         return step + 1, tokens, states, finished, lengths, scores, id_array, extra_arrays
 
     step, _, _, _, lengths, scores, id_array, extra_arrays = tf.while_loop(
@@ -141,11 +163,13 @@ def greedy_decode(step_fn, initial_states, start_id, end_id, max_length, batch_s
     ids.set_shape([None, max_length])
     extras = None
     if flat_extra:
-        extras = tf.nest.pack_sequence_as(extra, [time_major_to_padded(array) for array in extra_arrays])
+        extras = tf.nest.pack_sequence_as(
+            extra, [time_major_to_padded(array) for array in extra_arrays]
+        )
     return DecodeResult(ids, lengths, scores, extras)
 
 
-def length_penalty(lengths, alpha):
+def gnmt_length_penalty(lengths, alpha):
     """GNMT's length normalisation ``((5 + length) / 6) ** alpha`` (Wu et al. 2016, eq. 14)."""
     return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
 
@@ -156,7 +180,7 @@ def _tile_beams(tensor, beam_width):
 
 
 def beam_search_decode(
-    step_fn, initial_states, start_id, end_id, max_length, beam_width, length_penalty_alpha=None, length_penalty=0.6
+    step_fn, initial_states, start_id, end_id, max_length, beam_width, length_penalty=0.6
 ) -> DecodeResult:
     """Keep the ``beam_width`` best hypotheses per row; return the best one.
 
@@ -177,7 +201,6 @@ def beam_search_decode(
         max_length: the most tokens generated (EOS included).
         beam_width: hypotheses kept per row (>= 1).
         length_penalty: α of the length penalty (>= 0).
-        length_penalty_alpha: alias of ``length_penalty``.
 
     Returns:
         A :class:`DecodeResult` for the best hypothesis of every row; ``scores``
@@ -189,7 +212,7 @@ def beam_search_decode(
     >>> result.ids.shape
     TensorShape([batch, 20])
     """
-    alpha = float(length_penalty if length_penalty_alpha is None else length_penalty_alpha)
+    alpha = float(length_penalty)
     _validate(max_length, start_id, end_id)
     if int(beam_width) < 1:
         raise ValueError(f"Expected beam_width >= 1. Received: beam_width={beam_width}")
@@ -199,25 +222,33 @@ def beam_search_decode(
     beam = int(beam_width)
     flat_initial = tf.nest.flatten(initial_states)
     if not flat_initial:
-        raise ValueError("beam_search_decode needs at least one state tensor to know the batch size")
+        raise ValueError(
+            "beam_search_decode needs at least one state tensor to know the batch size"
+        )
     batch = tf.shape(flat_initial[0])[0]
     states = tf.nest.map_structure(lambda state: _tile_beams(state, beam), initial_states)
     tokens = tf.fill([batch * beam], tf.constant(start_id, tf.int32))
     # Only the first beam is alive at the start, so the first step does not pick one token `beam` times.
-    scores = tf.tile(tf.concat([[0.0], tf.fill([beam - 1], _IMPOSSIBLE)], 0)[tf.newaxis], [batch, 1])
+    scores = tf.tile(
+        tf.concat([[0.0], tf.fill([beam - 1], _IMPOSSIBLE)], 0)[tf.newaxis], [batch, 1]
+    )
     finished = tf.zeros([batch, beam], tf.bool)
     lengths = tf.zeros([batch, beam], tf.int32)
     batch_offsets = tf.range(batch)[:, tf.newaxis] * beam
 
-    def advance(step, log_probs, new_states, extra, scores, finished, lengths, sequences, extra_buffers):
+    def advance(
+        step, log_probs, new_states, extra, scores, finished, lengths, sequences, extra_buffers
+    ):
         vocab = tf.shape(log_probs)[-1]
-        log_probs = tf.reshape(_forbid_padding(tf.cast(log_probs, tf.float32)), [batch, beam, vocab])
+        log_probs = tf.reshape(
+            _forbid_padding(tf.cast(log_probs, tf.float32)), [batch, beam, vocab]
+        )
         # A finished hypothesis has one continuation, the padding token, at no cost.
         only_padding = tf.where(tf.equal(tf.range(vocab), PAD_ID), 0.0, _IMPOSSIBLE)
         log_probs = tf.where(finished[..., tf.newaxis], only_padding, log_probs)
         totals = scores[..., tf.newaxis] + log_probs
         candidate_lengths = lengths + tf.where(finished, 0, 1)
-        ranked = totals / length_penalty(candidate_lengths, alpha)[..., tf.newaxis]
+        ranked = totals / gnmt_length_penalty(candidate_lengths, alpha)[..., tf.newaxis]
         _, best = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
         parents = best // vocab
         chosen = best % vocab
@@ -233,7 +264,7 @@ def beam_search_decode(
         sequences = tf.gather(sequences, parents, batch_dims=1) + chosen[..., tf.newaxis] * position
 
         updated_buffers = []
-        for buffer, item in zip(extra_buffers, tf.nest.flatten(extra)):
+        for buffer, item in zip(extra_buffers, _flatten_extra(extra), strict=True):
             item = tf.reshape(item, tf.concat([[batch, beam], tf.shape(item)[1:]], 0))
             item = _zero_where(parent_finished, tf.gather(item, parents, batch_dims=1))
             buffer = tf.gather(buffer, parents, batch_dims=1)
@@ -243,13 +274,22 @@ def beam_search_decode(
                 tf.concat([[1, 1, max_length], tf.ones([tf.rank(item) - 2], tf.int32)], 0),
             )
             updated_buffers.append(buffer * (1 - mask) + tf.expand_dims(item, 2) * mask)
-        return tf.reshape(chosen, [-1]), new_states, scores, finished, lengths, sequences, updated_buffers
+        return (
+            tf.reshape(chosen, [-1]),
+            new_states,
+            scores,
+            finished,
+            lengths,
+            sequences,
+            updated_buffers,
+        )
 
     sequences = tf.zeros([batch, beam, max_length], tf.int32)
     log_probs, new_states, extra = step_fn(tokens, states)
-    flat_extra = tf.nest.flatten(extra)
+    flat_extra = _flatten_extra(extra)
     extra_buffers = [
-        tf.zeros(tf.concat([[batch, beam, max_length], tf.shape(item)[1:]], 0), item.dtype) for item in flat_extra
+        tf.zeros(tf.concat([[batch, beam, max_length], tf.shape(item)[1:]], 0), item.dtype)
+        for item in flat_extra
     ]
     tokens, states, scores, finished, lengths, sequences, extra_buffers = advance(
         0, log_probs, new_states, extra, scores, finished, lengths, sequences, extra_buffers
@@ -271,11 +311,13 @@ def beam_search_decode(
         (tf.constant(1), tokens, states, scores, finished, lengths, sequences, extra_buffers),
     )
 
-    best = tf.argmax(scores / length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
+    best = tf.argmax(scores / gnmt_length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
     ids = tf.gather(sequences, best, batch_dims=1)
     extras = None
     if flat_extra:
-        extras = tf.nest.pack_sequence_as(extra, [tf.gather(buffer, best, batch_dims=1) for buffer in extra_buffers])
+        extras = tf.nest.pack_sequence_as(
+            extra, [tf.gather(buffer, best, batch_dims=1) for buffer in extra_buffers]
+        )
     return DecodeResult(
         ids,
         tf.gather(lengths, best, batch_dims=1),
