@@ -257,7 +257,7 @@ def make_lookup_layers(
 
     Words and chars map unknown strings to id 1 (``[UNK]``); their real entries
     start at 2. Tags have no OOV id: ``""`` -> 0, ``vocab.tags[i]`` -> ``i + 1``;
-    ``tag_lookup`` built with ``invert=True`` maps ids back to tag strings.
+    :func:`make_tag_decoder` maps ids back to tag strings.
     """
     word_lookup = keras.layers.StringLookup(
         vocabulary=list(vocab.words), mask_token=PADDING, oov_token=OOV_TOKEN, num_oov_indices=1, name="word_lookup"
@@ -268,7 +268,20 @@ def make_lookup_layers(
     tag_lookup = keras.layers.StringLookup(
         vocabulary=list(vocab.tags), mask_token=PADDING, num_oov_indices=0, name="tag_lookup"
     )
-    return word_lookup, char_lookup, tag_lookup
+    lookups = (word_lookup, char_lookup, tag_lookup)
+    for lookup in lookups:
+        # Built now, so an ExportArchive can track them before their first call.
+        lookup.build(None)
+    return lookups
+
+
+def make_tag_decoder(vocab: Vocabularies) -> keras.layers.StringLookup:
+    """The inverse of the tag lookup: tag ids to strings, padding id 0 to ``""``."""
+    decoder = keras.layers.StringLookup(
+        vocabulary=list(vocab.tags), mask_token=PADDING, num_oov_indices=0, invert=True, name="tag_decoder"
+    )
+    decoder.build(None)
+    return decoder
 
 
 def case_feature_ids(tokens: tf.Tensor) -> tf.Tensor:
