@@ -77,7 +77,7 @@ def gaussian_filterbanks(
     Example:
 
     >>> f_x, f_y = gaussian_filterbanks([4.5], [4.5], [0.0], [0.0], 8, 8, 3)
-    >>> f_x.shape, f_y.shape
+    >>> tuple(f_x.shape), tuple(f_y.shape)
     ((1, 3, 8), (1, 3, 8))
     """
 
@@ -175,7 +175,7 @@ class AttentionReader(keras.layers.Layer):
 
     >>> reader = AttentionReader(2, 8, 8, 3)
     >>> images = keras.ops.zeros((4, 8, 8, 3))
-    >>> reader(images, images, keras.ops.zeros((4, 16))).shape
+    >>> tuple(reader(images, images, keras.ops.zeros((4, 16))).shape)
     (4, 24)
     """
 
@@ -276,7 +276,7 @@ class AttentionWriter(keras.layers.Layer):
     Example:
 
     >>> writer = AttentionWriter(5, 8, 8, 3)
-    >>> writer(keras.ops.zeros((4, 16))).shape
+    >>> tuple(writer(keras.ops.zeros((4, 16))).shape)
     (4, 8, 8, 3)
     """
 
@@ -411,7 +411,7 @@ class DrawCell(keras.layers.Layer):
 
     >>> cell = DrawCell(8, 8, 1, encoder_units=16, decoder_units=16, latent_size=4)
     >>> rnn = keras.layers.RNN(cell, return_sequences=True)
-    >>> rnn(keras.ops.zeros((2, 3, 64 + 4))).shape
+    >>> tuple(rnn(keras.ops.zeros((2, 3, 64 + 4))).shape)
     (2, 3, 72)
     """
 
@@ -634,7 +634,7 @@ class DrawModel(keras.Model):
 
     >>> model = DrawModel((8, 8, 1), steps=3, encoder_units=16, decoder_units=16, latent_size=4)
     >>> model.compile(optimizer="adam")
-    >>> model.generate(2, seed=1).shape
+    >>> tuple(model.generate(2, seed=1).shape)
     (2, 3, 8, 8, 1)
     """
 
