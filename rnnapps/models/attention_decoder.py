@@ -87,13 +87,21 @@ class AttentionDecoderCell(keras.layers.Layer):
         if int(units) < 1:
             raise ValueError(f"Expected units >= 1. Received: units={units}")
         if cell not in DECODER_CELL_TYPES:
-            raise ValueError(f"Expected cell to be one of {DECODER_CELL_TYPES}. Received: cell={cell!r}")
+            raise ValueError(
+                f"Expected cell to be one of {DECODER_CELL_TYPES}. Received: cell={cell!r}"
+            )
         if attention not in ATTENTION_TYPES:
-            raise ValueError(f"Expected attention to be one of {ATTENTION_TYPES}. Received: attention={attention!r}")
+            raise ValueError(
+                f"Expected attention to be one of {ATTENTION_TYPES}. Received: attention={attention!r}"
+            )
         if attention_units is not None and int(attention_units) < 1:
-            raise ValueError(f"Expected attention_units >= 1. Received: attention_units={attention_units}")
+            raise ValueError(
+                f"Expected attention_units >= 1. Received: attention_units={attention_units}"
+            )
         if luong_score not in LUONG_SCORES:
-            raise ValueError(f"Expected luong_score to be one of {LUONG_SCORES}. Received: luong_score={luong_score!r}")
+            raise ValueError(
+                f"Expected luong_score to be one of {LUONG_SCORES}. Received: luong_score={luong_score!r}"
+            )
         self.units = int(units)
         self.cell = cell
         self.attention = attention
@@ -103,7 +111,9 @@ class AttentionDecoderCell(keras.layers.Layer):
         cell_class = keras.layers.LSTMCell if cell == "lstm" else keras.layers.GRUCell
         self.recurrent_cell = cell_class(self.units, name=f"{cell}_cell")
         if attention == "bahdanau":
-            self.attention_layer = BahdanauAttention(self.attention_units or self.units, name="attention")
+            self.attention_layer = BahdanauAttention(
+                self.attention_units or self.units, name="attention"
+            )
         else:
             self.attention_layer = LuongAttention(luong_score, name="attention")
         self.attentional_projection = keras.layers.Dense(
@@ -155,7 +165,9 @@ class AttentionDecoderCell(keras.layers.Layer):
         self._build_attention(tuple(encoder_outputs.shape))
         return self.attention_layer.precompute_keys(encoder_outputs)
 
-    def step(self, inputs, states, encoder_outputs, encoder_mask=None, projected_keys=None, training=None):
+    def step(
+        self, inputs, states, encoder_outputs, encoder_mask=None, projected_keys=None, training=None
+    ):
         """One decoding step outside ``keras.layers.RNN`` (for greedy or beam search).
 
         Args:
@@ -180,7 +192,9 @@ class AttentionDecoderCell(keras.layers.Layer):
         if projected_keys is None:
             projected_keys = self.attention_layer.precompute_keys(encoder_outputs)
         recurrent_states, previous_attentional = states[:-1], states[-1]
-        cell_input = ops.concatenate([inputs, ops.cast(previous_attentional, inputs.dtype)], axis=-1)
+        cell_input = ops.concatenate(
+            [inputs, ops.cast(previous_attentional, inputs.dtype)], axis=-1
+        )
         hidden, new_recurrent = self.recurrent_cell(cell_input, recurrent_states, training=training)
         if not isinstance(new_recurrent, (list, tuple)):
             new_recurrent = [new_recurrent]
@@ -193,7 +207,9 @@ class AttentionDecoderCell(keras.layers.Layer):
         return attentional, [*new_recurrent, attentional], weights
 
     @contextlib.contextmanager
-    def attend_to(self, encoder_outputs, encoder_mask=None, projected_keys=None, emit_attention=False):
+    def attend_to(
+        self, encoder_outputs, encoder_mask=None, projected_keys=None, emit_attention=False
+    ):
         """Bind the memory that ``call`` (and so ``keras.layers.RNN(cell)``) attends to.
 
         With ``emit_attention=True`` each step outputs ``[attentional; weights]``,
@@ -305,7 +321,11 @@ class AttentionDecoder(keras.layers.Layer):
         self.return_attention = bool(return_attention)
         self.supports_masking = True
         self.rnn = keras.layers.RNN(
-            decoder_cell, return_sequences=True, return_state=True, zero_output_for_mask=True, name="rnn"
+            decoder_cell,
+            return_sequences=True,
+            return_state=True,
+            zero_output_for_mask=True,
+            name="rnn",
         )
 
     @property
@@ -320,7 +340,9 @@ class AttentionDecoder(keras.layers.Layer):
     def _full_initial_state(self, initial_state, inputs):
         if initial_state is None:
             return None
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        states = (
+            list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        )
         if len(states) == self.cell.num_recurrent_states:
             states.append(ops.zeros((ops.shape(inputs)[0], self.units), dtype=states[0].dtype))
         if len(states) != len(self.cell.state_size):
@@ -340,8 +362,12 @@ class AttentionDecoder(keras.layers.Layer):
         training=None,
     ):
         states = self._full_initial_state(initial_state, inputs)
-        with self.cell.attend_to(encoder_outputs, encoder_outputs_mask, emit_attention=self.return_attention):
-            outputs, *final_states = self.rnn(inputs, initial_state=states, mask=inputs_mask, training=training)
+        with self.cell.attend_to(
+            encoder_outputs, encoder_outputs_mask, emit_attention=self.return_attention
+        ):
+            outputs, *final_states = self.rnn(
+                inputs, initial_state=states, mask=inputs_mask, training=training
+            )
         results = [outputs[..., : self.units]]
         if self.return_attention:
             results.append(ops.cast(outputs[..., self.units :], "float32"))
@@ -370,11 +396,18 @@ class AttentionDecoder(keras.layers.Layer):
             return keras.KerasTensor(shapes, dtype=self.compute_dtype)
         dtypes = [self.compute_dtype] + (["float32"] if self.return_attention else [])
         dtypes += [self.compute_dtype] * (len(shapes) - len(dtypes))
-        return [keras.KerasTensor(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes)]
+        return [
+            keras.KerasTensor(shape, dtype=dtype)
+            for shape, dtype in zip(shapes, dtypes, strict=True)
+        ]
 
-    def step(self, inputs, states, encoder_outputs, encoder_mask=None, projected_keys=None, training=None):
+    def step(
+        self, inputs, states, encoder_outputs, encoder_mask=None, projected_keys=None, training=None
+    ):
         """One decoding step; see :meth:`AttentionDecoderCell.step`."""
-        return self.cell.step(inputs, states, encoder_outputs, encoder_mask, projected_keys, training=training)
+        return self.cell.step(
+            inputs, states, encoder_outputs, encoder_mask, projected_keys, training=training
+        )
 
     def get_config(self):
         config = super().get_config()
