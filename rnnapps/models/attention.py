@@ -119,7 +119,7 @@ class BahdanauAttention(_Attention):
 
     >>> attention = BahdanauAttention(8)
     >>> context, weights = attention(keras.ops.ones((2, 16)), keras.ops.ones((2, 5, 6)))
-    >>> context.shape, weights.shape
+    >>> tuple(context.shape), tuple(weights.shape)
     ((2, 6), (2, 5))
     """
 
@@ -186,7 +186,7 @@ class LuongAttention(_Attention):
 
     >>> attention = LuongAttention("general")
     >>> context, weights = attention(keras.ops.ones((2, 3, 4)), keras.ops.ones((2, 5, 6)))
-    >>> context.shape, weights.shape
+    >>> tuple(context.shape), tuple(weights.shape)
     ((2, 3, 6), (2, 3, 5))
     """
 

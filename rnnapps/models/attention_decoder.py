@@ -70,7 +70,7 @@ class AttentionDecoderCell(keras.layers.Layer):
     >>> memory = keras.ops.ones((2, 7, 10))
     >>> states = cell.get_initial_state(batch_size=2)
     >>> output, states, weights = cell.step(keras.ops.ones((2, 8)), states, memory)
-    >>> output.shape, weights.shape
+    >>> tuple(output.shape), tuple(weights.shape)
     ((2, 16), (2, 7))
     """
 
@@ -292,7 +292,7 @@ class AttentionDecoder(keras.layers.Layer):
 
     >>> decoder = AttentionDecoder(16, cell="gru", return_attention=True)
     >>> outputs, attention = decoder(keras.ops.ones((2, 4, 8)), keras.ops.ones((2, 7, 10)))
-    >>> outputs.shape, attention.shape
+    >>> tuple(outputs.shape), tuple(attention.shape)
     ((2, 4, 16), (2, 4, 7))
     """
 

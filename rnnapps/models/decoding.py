@@ -96,9 +96,12 @@ def greedy_decode(
 
     Example:
 
-    >>> result = greedy_decode(step_fn, states, start_id=1, end_id=2, max_length=20, batch_size=4)
-    >>> result.ids.shape
-    TensorShape([4, 20])
+    >>> def step_fn(tokens, states):  # always prefers token 3
+    ...     log_probs = tf.math.log(tf.tile([[0.1, 0.1, 0.2, 0.6]], [tf.shape(tokens)[0], 1]))
+    ...     return log_probs, states, None
+    >>> result = greedy_decode(step_fn, tf.zeros([2, 1]), 1, 2, max_length=3, batch_size=2)
+    >>> result.ids.numpy().tolist()
+    [[3, 3, 3], [3, 3, 3]]
     """
     _validate(max_length, start_id, end_id)
     max_length = int(max_length)
@@ -208,9 +211,12 @@ def beam_search_decode(
 
     Example:
 
-    >>> result = beam_search_decode(step_fn, states, 1, 2, max_length=20, beam_width=4)
-    >>> result.ids.shape
-    TensorShape([batch, 20])
+    >>> def step_fn(tokens, states):  # 3 is likelier, but 2 (EOS) ends sooner
+    ...     log_probs = tf.math.log(tf.tile([[0.1, 0.1, 0.4, 0.4]], [tf.shape(tokens)[0], 1]))
+    ...     return log_probs, states, None
+    >>> result = beam_search_decode(step_fn, tf.zeros([1, 1]), 1, 2, max_length=3, beam_width=2)
+    >>> result.ids.numpy().tolist(), result.lengths.numpy().tolist()
+    ([[2, 0, 0]], [1])
     """
     alpha = float(length_penalty)
     _validate(max_length, start_id, end_id)
