@@ -165,3 +165,23 @@ def test_wrong_emission_width_is_named():
         CRF(NUM_TAGS)(np.zeros((1, 2, 4), "float32"))
     with pytest.raises(ValueError, match="crf_layer"):
         crf_loss(keras.layers.Dense(3))
+
+
+def test_loss_gradient_and_decoding_compile_with_xla():
+    """Keras compiles fit() with XLA on a GPU by default ("auto")."""
+    crf, _ = _random_crf(10)
+    emissions = tf.constant(np.random.default_rng(11).normal(size=(2, 4, NUM_TAGS)).astype("float32"))
+    tags = tf.constant([[0, 1, 2, 1], [2, 0, 0, 0]])
+    mask = tf.constant([[True] * 4, [True, True, False, False]])
+
+    @tf.function(jit_compile=True)
+    def loss_and_gradient(scores):
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            loss = crf.loss(scores, tags, mask)
+        return loss, tape.gradient(loss, [scores, crf.transitions]), crf(scores, mask=mask)
+
+    loss, gradients, decoded = loss_and_gradient(emissions)
+    assert_all_close(loss, crf.loss(emissions, tags, mask), atol=1e-5)
+    assert all(np.isfinite(g.numpy()).all() for g in gradients)
+    assert_all_close(decoded, crf(emissions, mask=mask))

@@ -157,19 +157,25 @@ class CRF(keras.layers.Layer):
     def _log_partition(self, emissions, mask):
         start, end = self._boundaries()
         transitions = ops.cast(self.transitions, "float32")
+        time_steps = ops.shape(emissions)[1]
 
-        # One scan over every step (the first one included) keeps length-1
-        # sequences off a zero-length scan, which TensorArrays handle badly.
-        def step(alpha, inputs):
-            emission, real, first = inputs
+        # A while loop with maximum_iterations, unlike a scan, can be
+        # differentiated under XLA (Keras' "auto" jit_compile on a GPU). The
+        # first step runs inside the loop so length-1 sequences need nothing special.
+        def step(t, alpha):
+            emission = ops.take(emissions, t, axis=1)
+            real = ops.expand_dims(ops.take(mask, t, axis=1), -1)
             # alpha[b, i] + transitions[i, j] + emission[b, j], summed over i.
             moved = ops.logsumexp(ops.expand_dims(alpha, 2) + transitions, axis=1) + emission
-            candidate = ops.where(first, start + emission, moved)
-            alpha = ops.where(ops.expand_dims(real, -1), candidate, alpha)
-            return alpha, alpha
+            candidate = ops.where(ops.equal(t, 0), start + emission, moved)
+            return t + 1, ops.where(real, candidate, alpha)
 
-        initial = ops.zeros_like(emissions[:, 0, :])
-        alpha, _ = ops.scan(step, initial, self._time_major(emissions, mask))
+        _, alpha = ops.while_loop(
+            lambda t, alpha: t < time_steps,
+            step,
+            (ops.convert_to_tensor(0, "int32"), ops.zeros_like(emissions[:, 0, :])),
+            maximum_iterations=time_steps,
+        )
         log_partition = ops.logsumexp(alpha + end, axis=-1)
         return ops.where(ops.any(mask, axis=1), log_partition, 0.0)
 
