@@ -29,6 +29,7 @@ from rnnapps.data import sources
 DATASET = "CoNLL-2003"
 SPLITS = ("train", "valid", "test")
 DOCSTART = "-DOCSTART-"
+LINE_END = "\r\n"
 PADDING = ""
 OOV_TOKEN = "[UNK]"
 # Relative layouts tried in order; a layout counts only when all three splits exist.
@@ -117,7 +118,7 @@ def read_conll(path: str | os.PathLike) -> list[Sentence]:
             if len(columns) < 2 or not _TAG_PATTERN.match(columns[-1]):
                 raise ValueError(
                     f"{path}:{line_number}: expected 'token POS chunk NER' with an NER tag "
-                    f"O, B-TYPE or I-TYPE in the last column. Got line {line.rstrip(chr(10) + chr(13))!r}"
+                    f"O, B-TYPE or I-TYPE in the last column. Got line {line.rstrip(LINE_END)!r}"
                 )
             tokens.append(columns[0])
             tags.append(columns[-1])
