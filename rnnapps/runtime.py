@@ -184,8 +184,10 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
 
 
 def _fit(model, datasets, config, callbacks, verbose):
+    # With a step cap, epochs are slices of an endless stream rather than restarts of the data.
+    train = datasets.train.repeat() if config.steps_per_epoch else datasets.train
     return model.fit(
-        datasets.train,
+        train,
         validation_data=datasets.validation,
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,

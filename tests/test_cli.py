@@ -1,0 +1,48 @@
+from click.testing import CliRunner
+
+from rnnapps.cli import cli
+
+
+def test_list_and_help_are_instant_and_teach():
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["list"])
+    assert listed.exit_code == 0 and "sentiment" in listed.output
+    help_text = runner.invoke(cli, ["run", "--help"]).output
+    for option in ("--preset", "--set", "--resume", "--data-dir", "--precision", "--strategy", "Examples"):
+        assert option in help_text
+    assert "rnnapps predict sentiment" in runner.invoke(cli, ["predict", "--help"]).output
+
+
+def test_unknown_pipeline_is_one_line_error():
+    result = CliRunner().invoke(cli, ["run", "poetry"])
+    assert result.exit_code != 0
+    assert "unknown pipeline 'poetry'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_set_key_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["run", "sentiment", "--preset", "smoke", "--set", "colour=blue", "--output-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("Error: unknown config key 'colour' in --set")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["run", "sentiment", "--preset", "smoke", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 1
+    assert "IMDB not found: expected imdb/train.csv.gz" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_without_runs_is_clear(tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", "sentiment", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no runs of 'sentiment'" in result.output
+
+
+def test_predict_without_export_is_clear(tmp_path):
+    result = CliRunner().invoke(cli, ["predict", "sentiment", "great", "--export-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no export of 'sentiment'" in result.output

@@ -1,0 +1,76 @@
+import dataclasses
+from typing import ClassVar
+
+import pytest
+
+from rnnapps.config import (
+    TrainingConfig,
+    apply_overrides,
+    load_config,
+    parse_set_options,
+    resolve_config,
+    save_config,
+)
+from rnnapps.errors import ConfigError
+
+
+@dataclasses.dataclass
+class ToyConfig(TrainingConfig):
+    units: int = 8
+    cell: str = "lstm"
+    bidirectional: bool = True
+    dropout: float = 0.1
+    embeddings: str | None = None
+    sizes: tuple[int, ...] = (1, 2)
+
+    PRESETS: ClassVar[dict] = {"smoke": {"units": 2, "epochs": 1}, "cpu": {"units": 16}, "full": {"units": 64}}
+
+
+def test_values_are_typed_by_the_dataclass():
+    config = apply_overrides(
+        ToyConfig(), {"units": "32", "bidirectional": "false", "dropout": "0.5", "embeddings": "none", "sizes": "3,4"}, "--set"
+    )
+    assert (config.units, config.bidirectional, config.dropout, config.embeddings, config.sizes) == (32, False, 0.5, None, (3, 4))
+
+
+def test_precedence_preset_toml_set_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('units = 100\ncell = "gru"\nepochs = 7\n')
+    config = resolve_config(ToyConfig, "smoke", toml, {"cell": "simple_rnn", "epochs": "9"}, {"epochs": 3, "seed": None})
+    assert config.units == 100  # toml beats preset
+    assert config.cell == "simple_rnn"  # --set beats toml
+    assert config.epochs == 3  # flag beats --set; None flags are ignored
+    assert config.seed == ToyConfig().seed
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"unitz": "3"}, "unknown config key 'unitz'"), ({"units": "many"}, "units='many' is not a valid int"),
+     ({"bidirectional": "maybe"}, "not a valid bool")],
+)
+def test_bad_overrides_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(ToyConfig(), overrides, "--set")
+
+
+def test_set_options_need_equals_and_presets_exist():
+    assert parse_set_options(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_options(["novalue"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_config(ToyConfig, "huge")
+
+
+def test_bad_toml_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("units = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_config(ToyConfig, "cpu", bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(ToyConfig, "cpu", tmp_path / "missing.toml")
+
+
+def test_config_json_round_trip(tmp_path):
+    config = resolve_config(ToyConfig, "full", set_options={"embeddings": "glove.txt"})
+    save_config(config, tmp_path / "config.json")
+    assert load_config(ToyConfig, tmp_path / "config.json") == config

@@ -1,0 +1,110 @@
+"""End to end on the tiny fixture: run → evaluate → export → move → reload → serve; and resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from rnnapps import runner, runtime
+from rnnapps.cli import cli
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+TEXTS = ["A wonderful, moving film!", "", "Boring, dull and awful.", "Ça alors — très émouvant 🎬", "zzzz qqqq"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    result = runner.run(
+        "sentiment", "smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"),
+        export_dir=str(root / "exports"), verbose=0,
+    )
+    return root, result
+
+
+def test_run_writes_every_artifact(smoke_run):
+    _, result = smoke_run
+    for name in ("config.json", "model.keras", "history.csv", "metrics.json", "learning_curves.png",
+                 "confusion_matrix.png", "checkpoints/best.weights.h5"):
+        assert (result.run_dir / name).exists(), name
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["test_examples"] == 32 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert np.array(metrics["confusion_matrix"]).sum() == 32
+    assert json.loads((result.run_dir / "config.json").read_text())["vocab_size"] == 400
+
+
+def test_smoke_model_learns_the_fixture(smoke_run):
+    # The fixture's labels follow sentiment words, so even the smoke model beats chance.
+    assert smoke_run[1].metrics["test_auc"] > 0.8
+
+
+def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, tmp_path):
+    _, result = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(result.export_path, moved)
+    shutil.rmtree(result.export_path)
+    serving = tf.saved_model.load(str(moved)).signatures["serving_default"]
+    assert list(serving.structured_input_signature[1]) == ["text"]
+    outputs = serving(text=tf.constant(TEXTS))
+    probabilities = outputs["probability"].numpy()
+    assert probabilities.dtype == np.float32 and probabilities.shape == (len(TEXTS),)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    model = keras.saving.load_model(result.run_dir / "model.keras")
+    expected = model(tf.constant(TEXTS)).numpy().reshape(-1)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    labels = [label.decode() for label in outputs["label"].numpy()]
+    assert labels == ["positive" if p >= 0.5 else "negative" for p in probabilities]
+    # A batch of only empty strings must not break the recurrent layers.
+    assert serving(text=tf.constant([""]))["probability"].shape == (1,)
+
+
+def test_evaluate_export_and_predict_commands(smoke_run):
+    root, result = smoke_run
+    cli_runner = CliRunner()
+    evaluated = cli_runner.invoke(cli, ["evaluate", "sentiment", "--run", str(result.run_dir), "--data-dir", str(FIXTURES)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"test_accuracy: {result.metrics['test_accuracy']}" in evaluated.output
+    exported = cli_runner.invoke(
+        cli, ["export", "sentiment", "--run", str(result.run_dir), "--export-dir", str(root / "exports")]
+    )
+    assert exported.exit_code == 0, exported.output
+    version = Path(exported.output.split("exported: ")[1].strip())
+    predicted = cli_runner.invoke(cli, ["predict", "sentiment", "--model", str(version), "great superb", "awful"])
+    assert predicted.exit_code == 0, predicted.output
+    lines = predicted.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[0] in ("positive", "negative")
+    piped = cli_runner.invoke(cli, ["predict", "sentiment", "--model", str(version)], input="loved it\n\nhated it\n")
+    assert piped.exit_code == 0 and len(piped.output.strip().splitlines()) == 2
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_and_completes(tmp_path):
+    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("sentiment", "smoke", set_options={"early_stopping_patience": "0"}, extra_callbacks=[_InterruptAfter(1, 3)], **common)
+    run_dir = runtime.latest_run_dir(tmp_path / "runs", "sentiment")
+    assert (run_dir / "backup").exists() and not (run_dir / "model.keras").exists()
+    assert len(runtime.read_history(run_dir / "history.csv")["loss"]) == 1  # epoch 0 finished before the stop
+    resumed = runner.run("sentiment", resume=True, **common)
+    assert resumed.run_dir == run_dir
+    history = runtime.read_history(run_dir / "history.csv")
+    assert history["epoch"] == [0.0, 1.0, 2.0]  # continues at epoch 1, not from scratch
+    assert (run_dir / "model.keras").exists() and "test_accuracy" in resumed.metrics
