@@ -1,0 +1,398 @@
+"""Character language model: predicts the next character, generates Shakespeare-like text.
+
+What it does, in five bullets:
+
+* reads a plain-text corpus (Tiny Shakespeare by default, any UTF-8 file or
+  folder with ``--set corpus=PATH``), cuts it by position into contiguous
+  train/validation/test parts (90/5/5) and builds the character vocabulary on
+  train, with an out-of-vocabulary id 0 for characters it never saw;
+* trains embedding -> LSTM/GRU stack -> logits with truncated backpropagation
+  through time: the text is cut into ``batch_size`` parallel streams, every
+  batch continues the previous one and the recurrent state is carried across
+  batches (gradients stopped) and reset at each epoch start, with gradient-norm
+  clipping;
+* prints a short sample after every epoch, so training can be judged by eye;
+* reports validation and test cross-entropy in nats and bits per character,
+  reading each split as one contiguous stream with the state carried through;
+* exports ``generate(prompt, length, temperature, seed) -> {text}`` (also
+  ``serving_default``) and ``generate_top_k(..., top_k)``: lookup, prompt
+  feeding and sampling run in the graph, one step per character, the prefix is
+  never re-run.
+
+References: Elman 1990 and Williams & Peng 1990 (truncated BPTT); Sutskever,
+Martens & Hinton 2011 and Graves 2013, "Generating Sequences With Recurrent
+Neural Networks" (character language models and sampling); Karpathy 2015,
+char-rnn (the Tiny Shakespeare corpus); Zaremba et al. 2014 (dropout between
+recurrent layers); Fan et al. 2018 (top-k sampling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rnnapps import runtime
+from rnnapps.config import TrainingConfig
+from rnnapps.data import text_corpus
+from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.models.char_lm import (
+    CELL_TYPES,
+    ResetStatesAtEpochStart,
+    TruncatedBPTTModel,
+    build_char_lm,
+    initial_states,
+    step_function,
+)
+from rnnapps.models.sampling import generate_tokens
+from rnnapps.pipelines.base import Datasets, Pipeline
+
+SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
+# The character fed first when a prompt is empty: a line break starts a speech in Tiny Shakespeare.
+START_CHARACTER = "\n"
+# Added to the out-of-vocabulary logit while generating, so the sampler never emits "[UNK]".
+_NEVER = -1e9
+
+
+@dataclasses.dataclass
+class TextgenConfig(TrainingConfig):
+    # A UTF-8 text file or folder of *.txt files; None: Tiny Shakespeare.
+    corpus: str | None = None
+    # Characters per row and batch: how far back gradients flow (the state carries further).
+    sequence_length: int = 100
+    embedding_dim: int = 64
+    cell: str = "lstm"
+    units: int = 512
+    depth: int = 1
+    dropout: float = 0.0
+    # The sample printed after each epoch and saved by evaluate (0 disables the epoch samples).
+    sample_length: int = 300
+    sample_temperature: float = 0.8
+    sample_prompt: str = "ROMEO:"
+
+    PRESETS: ClassVar[dict] = {
+        "smoke": dict(epochs=2, batch_size=4, sequence_length=24, learning_rate=0.01, embedding_dim=8, units=16,
+                      sample_length=40, early_stopping_patience=0),
+        "cpu": dict(epochs=6, batch_size=64, sequence_length=100, learning_rate=2e-3, embedding_dim=64, units=512,
+                    depth=1, dropout=0.0, early_stopping_patience=2),
+        "full": dict(epochs=40, batch_size=64, sequence_length=128, learning_rate=2e-3, embedding_dim=128, units=512,
+                     depth=3, dropout=0.3, early_stopping_patience=4),
+    }
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class CharTextModel(TruncatedBPTTModel):
+    """A :class:`TruncatedBPTTModel` that also carries its character vocabulary.
+
+    The vocabulary travels in the model's config, so a model reloaded from
+    ``model.keras`` can still be exported with an in-graph character lookup.
+    The lookup layers are attributes, so an export that tracks the model also
+    saves their tables.
+
+    Args:
+        language_model: a :func:`rnnapps.models.char_lm.build_char_lm` model
+            whose vocabulary size is ``len(vocabulary) + 1`` (id 0: unknown).
+        batch_size: the fixed number of streams per training batch.
+        vocabulary: the characters with ids ``1..len(vocabulary)``.
+
+    Call arguments:
+        inputs: int32 ids ``(batch, time)``; returns float32 logits
+            ``(batch, time, len(vocabulary) + 1)``.
+
+    Example:
+
+    >>> model = CharTextModel(build_char_lm(3, embedding_dim=4, units=8), batch_size=2, vocabulary=["a", "b"])
+    >>> model.encode(tf.constant("abz")).numpy()
+    array([1, 2, 0], dtype=int32)
+    """
+
+    def __init__(self, language_model: keras.Model, batch_size: int, vocabulary, **kwargs):
+        super().__init__(language_model, batch_size, **kwargs)
+        vocabulary = list(vocabulary)
+        vocab_size = int(language_model.outputs[0].shape[-1])
+        if vocab_size != len(vocabulary) + 1:
+            raise ValueError(
+                f"Expected a language model with len(vocabulary) + 1 = {len(vocabulary) + 1} outputs. "
+                f"Received: language_model with {vocab_size} outputs"
+            )
+        self.vocabulary = vocabulary
+        self.char_to_id, self.id_to_char = text_corpus.make_char_lookup(vocabulary)
+
+    @property
+    def start_id(self) -> int:
+        """The id fed when a prompt is empty (a line break if the corpus has one, else id 0)."""
+        return self.vocabulary.index(START_CHARACTER) + 1 if START_CHARACTER in self.vocabulary else 0
+
+    def encode(self, text) -> tf.Tensor:
+        """Strings to int32 ids in the graph (unknown characters: id 0)."""
+        return text_corpus.encode_text(text, self.char_to_id)
+
+    def decode(self, ids) -> tf.Tensor:
+        """Ids ``(..., time)`` to strings ``(...)`` in the graph."""
+        return text_corpus.decode_ids(ids, self.id_to_char)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocabulary=list(self.vocabulary))
+        return config
+
+
+def generation_step(model: CharTextModel):
+    """The model's one-character step, with the unknown-character id never chosen."""
+    step = step_function(model.language_model)
+
+    def step_fn(token_ids, states):
+        logits, states = step(token_ids, states)
+        never_unknown = tf.one_hot(0, tf.shape(logits)[-1], on_value=_NEVER, off_value=0.0, dtype=logits.dtype)
+        return logits + never_unknown, states
+
+    return step_fn
+
+
+def generate_text(model: CharTextModel, prompt, length, temperature, seed, top_k=0) -> tf.Tensor:
+    """Graph-friendly: one prompt string (scalar) -> the ``length`` characters that follow it."""
+    prompt_ids = model.encode(prompt)[None, :]
+    tokens = generate_tokens(
+        generation_step(model),
+        initial_states(model.language_model, 1),
+        prompt_ids,
+        tf.maximum(tf.cast(length, tf.int32), 0),
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        start_id=model.start_id,
+    )
+    return model.decode(tokens)[0]
+
+
+def make_sampler(model: CharTextModel):
+    """A compiled ``sampler(prompt, length, temperature, seed) -> str`` for callbacks and evaluation."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.string),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.int32),
+        ]
+    )
+    def sample(prompt, length, temperature, seed):
+        return generate_text(model, prompt, length, temperature, seed)
+
+    def sampler(prompt: str, length: int, temperature: float, seed: int) -> str:
+        return sample(tf.constant(prompt), tf.constant(length, tf.int32), tf.constant(temperature, tf.float32),
+                      tf.constant(seed, tf.int32)).numpy().decode("utf-8")
+
+    return sampler
+
+
+class PrintSample(keras.callbacks.Callback):
+    """Prints ``length`` sampled characters after each epoch (silent when ``fit(verbose=0)``).
+
+    Example:
+
+    >>> callback = PrintSample("ROMEO:", length=200, temperature=0.8, seed=1)
+    >>> # model.fit(stream, epochs=3, callbacks=[callback])
+    """
+
+    def __init__(self, prompt: str, length: int, temperature: float, seed: int):
+        super().__init__()
+        self.prompt, self.length, self.temperature, self.seed = prompt, int(length), float(temperature), int(seed)
+        self._sampler = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.length <= 0 or not self.params.get("verbose", 1):
+            return
+        if self._sampler is None:
+            self._sampler = make_sampler(self.model)
+        text = self._sampler(self.prompt, self.length, self.temperature, self.seed + epoch)
+        print(f"\n--- sample after epoch {epoch + 1} (temperature {self.temperature}) ---\n{self.prompt}{text}\n---",
+              flush=True)
+
+
+def stream_cross_entropy(language_model: keras.Model, ids, chunk_length: int = 1000) -> float:
+    """Mean next-character cross-entropy (nats) over ``ids`` read as one stream.
+
+    The text is fed in chunks with the recurrent state carried from one chunk
+    to the next, so every character but the first is predicted from all the
+    text before it, and no character is dropped (unlike the batched streams).
+    """
+    ids = np.asarray(ids, dtype=np.int32)
+    if len(ids) < 2:
+        raise ValueError(f"Expected at least 2 characters to score. Received: {len(ids)}")
+
+    @tf.function(reduce_retracing=True)
+    def chunk_loss(inputs, targets, states):
+        logits, *states = language_model([inputs, *states], training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+        return tf.reduce_sum(losses), states
+
+    states = initial_states(language_model, 1)
+    total = 0.0
+    for start in range(0, len(ids) - 1, chunk_length):
+        stop = min(start + chunk_length, len(ids) - 1)
+        loss, states = chunk_loss(ids[None, start:stop], ids[None, start + 1 : stop + 1], states)
+        total += float(loss)
+    return total / (len(ids) - 1)
+
+
+def _stream(ids, config: TextgenConfig, split: str) -> tf.data.Dataset:
+    try:
+        return text_corpus.make_stream_dataset(ids, config.batch_size, config.sequence_length)
+    except ValueError as error:
+        raise ValueError(
+            f"the {split} split is too small for batch_size={config.batch_size} x "
+            f"sequence_length={config.sequence_length}: {error}; use a longer corpus or smaller values"
+        ) from None
+
+
+class TextgenPipeline(Pipeline):
+    name = "textgen"
+    config_class = TextgenConfig
+    monitor = "val_loss"
+    monitor_mode = "min"
+
+    def load_data(self, config: TextgenConfig, data_dir: Path | None) -> Datasets:
+        if config.cell not in CELL_TYPES:
+            raise ValueError(f"Expected cell to be one of {CELL_TYPES}. Received: cell={config.cell!r}")
+        text = text_corpus.load_corpus(data_dir, config.corpus)
+        parts = text_corpus.split_corpus(text, SPLIT_FRACTIONS)
+        vocabulary = text_corpus.build_char_vocabulary(parts[0])
+        lookup, _ = text_corpus.make_char_lookup(vocabulary)
+        train_ids, validation_ids, test_ids = (text_corpus.text_to_ids(part, lookup) for part in parts)
+        if config.max_train_examples:
+            # For a character model an "example" is a character.
+            train_ids = train_ids[: config.max_train_examples]
+        return Datasets(
+            train=_stream(train_ids, config, "train"),
+            validation=_stream(validation_ids, config, "validation"),
+            test=_stream(test_ids, config, "test"),
+            info={
+                "vocabulary": vocabulary,
+                "validation_ids": validation_ids,
+                "test_ids": test_ids,
+                "sizes": {"train": len(train_ids), "validation": len(validation_ids), "test": len(test_ids)},
+            },
+        )
+
+    def build_model(self, config: TextgenConfig, datasets: Datasets) -> keras.Model:
+        vocabulary = datasets.info["vocabulary"]
+        language_model = build_char_lm(
+            len(vocabulary) + 1,
+            embedding_dim=config.embedding_dim,
+            units=config.units,
+            cell=config.cell,
+            depth=config.depth,
+            dropout=config.dropout,
+            seed=config.seed,
+        )
+        model = CharTextModel(language_model, batch_size=config.batch_size, vocabulary=vocabulary, name="textgen")
+        model.compile(
+            optimizer=runtime.make_optimizer(config),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        return model
+
+    def extra_callbacks(self, model, datasets: Datasets, config: TextgenConfig, run_dir: Path) -> list:
+        return [
+            ResetStatesAtEpochStart(),
+            PrintSample(config.sample_prompt, config.sample_length, config.sample_temperature, config.seed),
+        ]
+
+    def evaluate(self, model: CharTextModel, datasets: Datasets, config: TextgenConfig, run_dir: Path) -> dict:
+        metrics = {}
+        for split in ("validation", "test"):
+            nats = stream_cross_entropy(model.language_model, datasets.info[f"{split}_ids"])
+            metrics[f"{split}_nats_per_char"] = nats
+            metrics[f"{split}_bits_per_char"] = nats / math.log(2)
+            metrics[f"{split}_characters"] = int(len(datasets.info[f"{split}_ids"]))
+        sample = make_sampler(model)(config.sample_prompt, max(config.sample_length, 1), config.sample_temperature,
+                                     config.seed)
+        sample_file = Path(run_dir) / "sample.txt"
+        sample_file.write_text(f"{config.sample_prompt}{sample}\n", encoding="utf-8")
+        metrics["sample_file"] = str(sample_file)
+        return metrics
+
+    def serving(self, model: CharTextModel, config) -> dict[str, Endpoint]:
+        def generate_rows(prompt, length, temperature, seed, top_k):
+            rows = tf.shape(prompt)[0]
+            # Rows are generated one by one so that each row's text depends only on
+            # its own prompt, length, temperature and seed, not on the rest of the batch.
+            texts = tf.map_fn(
+                lambda row: generate_text(model, *row),
+                (
+                    prompt,
+                    tf.broadcast_to(length, [rows]),
+                    tf.broadcast_to(temperature, [rows]),
+                    tf.broadcast_to(seed, [rows]),
+                    tf.broadcast_to(top_k, [rows]),
+                ),
+                fn_output_signature=tf.TensorSpec([], tf.string),
+            )
+            return {"text": texts}
+
+        def generate(prompt, length, temperature, seed):
+            return generate_rows(prompt, length, temperature, seed, tf.zeros_like(seed))
+
+        def generate_top_k(prompt, length, temperature, seed, top_k):
+            return generate_rows(prompt, length, temperature, seed, top_k)
+
+        inputs = [
+            tf.TensorSpec([None], tf.string, name="prompt"),
+            tf.TensorSpec([None], tf.int32, name="length"),
+            tf.TensorSpec([None], tf.float32, name="temperature"),
+            tf.TensorSpec([None], tf.int32, name="seed"),
+        ]
+        endpoint = Endpoint(generate, inputs)
+        return {
+            "serving_default": endpoint,
+            "generate": endpoint,
+            "generate_top_k": Endpoint(generate_top_k, [*inputs, tf.TensorSpec([None], tf.int32, name="top_k")]),
+        }
+
+
+@click.command("textgen")
+@click.option("--prompt", default="", show_default=True, help="Text to continue (may be empty).")
+@click.option("--length", type=click.IntRange(min=0), default=400, show_default=True, help="Characters to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
+              help="Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sample only from the K most likely characters (0: all).")
+@click.option("--seed", type=int, help="Seed for reproducible text (default: random, printed to stderr).")
+@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
+              help="A SavedModel version directory (default: the latest under --export-dir).")
+@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+def predict_command(prompt, length, temperature, top_k, seed, model_path, export_dir):
+    """Generate text that continues PROMPT with the exported character model.
+
+    \b
+    Examples:
+      rnnapps predict textgen --prompt "ROMEO:" --length 400 --temperature 0.8
+      rnnapps predict textgen --prompt "KING:" --top-k 5 --seed 7 --model saved_models/textgen/2
+    """
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        click.echo(f"seed: {seed}", err=True)
+    loaded = load_export(model_path or latest_export(export_dir, "textgen"))
+    inputs = dict(
+        prompt=tf.constant([prompt], tf.string),
+        length=tf.constant([length], tf.int32),
+        temperature=tf.constant([temperature], tf.float32),
+        seed=tf.constant([seed], tf.int32),
+    )
+    if top_k:
+        outputs = loaded.signatures["generate_top_k"](top_k=tf.constant([top_k], tf.int32), **inputs)
+    else:
+        outputs = loaded.signatures["generate"](**inputs)
+    click.echo(prompt + outputs["text"].numpy()[0].decode("utf-8"))
+
+
+PIPELINE = TextgenPipeline()
+PIPELINE.predict_command = predict_command
