@@ -15,6 +15,7 @@ from rnnapps.errors import ConfigError
 REGISTRY: dict[str, tuple[str, str]] = {
     "sentiment": ("rnnapps.pipelines.sentiment", "IMDB review sentiment: embedding → (bi)LSTM/GRU stack → sigmoid"),
     "textgen": ("rnnapps.pipelines.textgen", "Character language model (Tiny Shakespeare): truncated BPTT, temperature sampling"),
+    "pixelrnn": ("rnnapps.pipelines.pixelrnn", "PixelRNN Row LSTM on binarized MNIST: likelihood and inpainting"),
 }
 
 
