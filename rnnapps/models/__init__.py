@@ -3,9 +3,53 @@
 Every layer here is registered under the ``rnnapps`` package, so a model that
 uses one reloads with plain ``keras.saving.load_model`` once ``rnnapps.models``
 is imported.
+
+* sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`
+* tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`
+* translation: :class:`BahdanauAttention`, :class:`LuongAttention`,
+  :class:`AttentionDecoderCell`, :class:`AttentionDecoder`, :func:`greedy_decode`,
+  :func:`beam_search_decode`
+* language models: :func:`build_char_lm`, :class:`TruncatedBPTTModel`,
+  :func:`sample_next`, :func:`generate_tokens`
+* images: :class:`MaskedConv2D`, :class:`RowLSTM` (PixelRNN), :class:`AttentionReader`,
+  :class:`AttentionWriter`, :class:`DrawCell`, :class:`DrawModel` (DRAW)
 """
 
+from rnnapps.models.attention import BahdanauAttention, LuongAttention
+from rnnapps.models.attention_decoder import AttentionDecoder, AttentionDecoderCell
+from rnnapps.models.char_encoder import CharWordEncoder
+from rnnapps.models.char_lm import ResetStatesAtEpochStart, TruncatedBPTTModel, build_char_lm
+from rnnapps.models.crf import CRF, crf_loss
+from rnnapps.models.decoding import beam_search_decode, greedy_decode
+from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel
+from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
 from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, SequencePooling
+from rnnapps.models.sampling import generate_tokens, sample_next
 from rnnapps.models.sequence import ClipSequenceLength
 
-__all__ = ["CELL_TYPES", "ClipSequenceLength", "RecurrentStack", "SequencePooling"]
+__all__ = [
+    "CELL_TYPES",
+    "CRF",
+    "AttentionDecoder",
+    "AttentionDecoderCell",
+    "AttentionReader",
+    "AttentionWriter",
+    "BahdanauAttention",
+    "CharWordEncoder",
+    "ClipSequenceLength",
+    "DrawCell",
+    "DrawModel",
+    "LuongAttention",
+    "MaskedConv2D",
+    "RecurrentStack",
+    "ResetStatesAtEpochStart",
+    "RowLSTM",
+    "SequencePooling",
+    "TruncatedBPTTModel",
+    "beam_search_decode",
+    "build_char_lm",
+    "crf_loss",
+    "generate_tokens",
+    "greedy_decode",
+    "sample_next",
+]

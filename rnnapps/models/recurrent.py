@@ -47,7 +47,7 @@ class RecurrentStack(keras.layers.Layer):
     Example:
 
     >>> stack = RecurrentStack(32, cell="gru", depth=2, return_sequences=True)
-    >>> stack(keras.ops.zeros((4, 10, 8))).shape
+    >>> tuple(stack(keras.ops.zeros((4, 10, 8))).shape)
     (4, 10, 64)
     """
 
@@ -199,7 +199,7 @@ class SequencePooling(keras.layers.Layer):
 
     Example:
 
-    >>> SequencePooling(("max", "mean"))(keras.ops.ones((2, 5, 3))).shape
+    >>> tuple(SequencePooling(("max", "mean"))(keras.ops.ones((2, 5, 3))).shape)
     (2, 6)
     """
 

@@ -25,7 +25,7 @@ class ClipSequenceLength(keras.layers.Layer):
 
     Example:
 
-    >>> ClipSequenceLength(3)(keras.ops.ones((2, 5), "int64")).shape
+    >>> tuple(ClipSequenceLength(3)(keras.ops.ones((2, 5), "int64")).shape)
     (2, 3)
     """
 
