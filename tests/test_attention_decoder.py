@@ -209,3 +209,23 @@ def test_wrong_number_of_states_is_named():
     cell = AttentionDecoderCell(4, cell="lstm")
     with pytest.raises(ValueError, match="states"):
         cell.step(TARGETS[:, 0], cell.get_initial_state(batch_size=2)[:2], MEMORY)
+
+
+def test_trains_under_xla():
+    """The decoder loop's gradient compiles with jit_compile=True (GPU training default)."""
+    source = keras.Input((None,), dtype="int32")
+    target = keras.Input((None,), dtype="int32")
+    memory, hidden, carry = keras.layers.LSTM(4, return_sequences=True, return_state=True)(
+        keras.layers.Embedding(9, 3, mask_zero=True)(source)
+    )
+    embedded = keras.layers.Embedding(9, 3, mask_zero=True)(target)
+    outputs = AttentionDecoder(4, cell="lstm", attention="bahdanau")(
+        embedded, memory, initial_state=[hidden, carry]
+    )
+    model = keras.Model([source, target], keras.layers.Dense(9)(outputs))
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True
+    )
+    tokens = np.random.default_rng(1).integers(1, 9, size=(4, 3))
+    history = model.fit([tokens, tokens], tokens, epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -48,11 +48,17 @@ class _Attention(keras.layers.Layer):
         """The key-only part of the score, ``(batch, Tv, d)``; reuse it per step."""
         raise NotImplementedError
 
+    def _project_query(self, query):
+        return query
+
     def _scores(self, query, projected_key):
         raise NotImplementedError
 
     def call(self, query, value, key=None, mask=None, projected_key=None):
         single_step = len(query.shape) == 2
+        # Projected before adding the time axis: a Dense on a 3-D tensor is a
+        # tensordot, whose gradient inside a decoder loop XLA cannot compile.
+        query = self._project_query(query)
         if single_step:
             query = ops.expand_dims(query, axis=1)
         if projected_key is None:
@@ -144,13 +150,15 @@ class BahdanauAttention(_Attention):
     def precompute_keys(self, key):
         return self.key_projection(key)
 
+    def _project_query(self, query):
+        return self.query_projection(query)
+
     def _scores(self, query, projected_key):
         # (batch, Tq, 1, units) + (batch, 1, Tv, units): every query against every key.
-        hidden = ops.tanh(
-            ops.expand_dims(self.query_projection(query), axis=2)
-            + ops.expand_dims(projected_key, axis=1)
-        )
-        return ops.matmul(hidden, ops.cast(self.score_vector, hidden.dtype))
+        hidden = ops.tanh(ops.expand_dims(query, axis=2) + ops.expand_dims(projected_key, axis=1))
+        # Multiply-and-sum, not matmul with a vector: that lowers to a tensordot whose
+        # gradient inside a loop has a dynamic transpose XLA cannot compile.
+        return ops.sum(hidden * ops.cast(self.score_vector, hidden.dtype), axis=-1)
 
     def get_config(self):
         config = super().get_config()

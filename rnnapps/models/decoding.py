@@ -153,6 +153,7 @@ def greedy_decode(
         condition,
         body,
         (tf.constant(1), tokens, states, finished, lengths, scores, id_array, extra_arrays),
+        maximum_iterations=max_length - 1,
     )
 
     def time_major_to_padded(array):
@@ -315,6 +316,7 @@ def beam_search_decode(
         condition,
         body,
         (tf.constant(1), tokens, states, scores, finished, lengths, sequences, extra_buffers),
+        maximum_iterations=max_length - 1,
     )
 
     best = tf.argmax(scores / gnmt_length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
