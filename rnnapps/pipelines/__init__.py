@@ -16,6 +16,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "sentiment": ("rnnapps.pipelines.sentiment", "IMDB review sentiment: embedding → (bi)LSTM/GRU stack → sigmoid"),
     "textgen": ("rnnapps.pipelines.textgen", "Character language model (Tiny Shakespeare): truncated BPTT, temperature sampling"),
     "pixelrnn": ("rnnapps.pipelines.pixelrnn", "PixelRNN Row LSTM on binarized MNIST: likelihood and inpainting"),
+    "ner": ("rnnapps.pipelines.ner", "CoNLL-2003 named entities: word+char BiLSTM-CRF, span F1"),
 }
 
 
