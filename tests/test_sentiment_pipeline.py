@@ -108,3 +108,26 @@ def test_interrupted_run_resumes_and_completes(tmp_path):
     history = runtime.read_history(run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0, 2.0]  # continues at epoch 1, not from scratch
     assert (run_dir / "model.keras").exists() and "test_accuracy" in resumed.metrics
+
+
+def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
+    from rnnapps.config import resolve_config
+    from rnnapps.data.sources import resolve_path
+    from rnnapps.errors import DataNotFoundError
+    from rnnapps.pipelines.sentiment import PIPELINE
+
+    (tmp_path / "glove").mkdir()
+    vectors = tmp_path / "glove" / "vectors.txt"
+    vectors.write_text("wonderful 1 2 3\nawful -1 -2 -3\nfilm 0.5 0.5 0.5\n")
+    assert resolve_path("glove/vectors.txt", tmp_path) == vectors  # relative to the data dir
+    with pytest.raises(DataNotFoundError, match="glove/missing.txt"):
+        resolve_path("glove/missing.txt", tmp_path)
+    config = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": str(vectors)})
+    datasets = PIPELINE.load_data(config, FIXTURES)
+    model = PIPELINE.build_model(config, datasets)
+    vocabulary = datasets.info["vocabulary"]
+    table = model.get_layer("embedding").get_weights()[0]
+    assert table.shape == (len(vocabulary), 3)
+    np.testing.assert_allclose(table[vocabulary.index("wonderful")], [1, 2, 3])
+    np.testing.assert_allclose(table[vocabulary.index("awful")], [-1, -2, -3])
+    np.testing.assert_allclose(table[0], [0, 0, 0])

@@ -1,7 +1,14 @@
 import numpy as np
 import tensorflow as tf
 
-from rnnapps.data.text import bucket_boundaries, build_vocabulary, make_vectorizer, standardize_text, text_label_dataset, token_counts
+from rnnapps.data.text import (
+    bucket_boundaries,
+    build_vocabulary,
+    make_vectorizer,
+    standardize_text,
+    text_label_dataset,
+    token_counts,
+)
 from rnnapps.models import ClipSequenceLength
 from tests.layer_checks import check_layer
 

@@ -35,6 +35,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
+def resolve_path(path: str | os.PathLike, data_dir: Path | None) -> Path:
+    """``path`` as given if it exists, else relative to the data directory; a clear error otherwise."""
+    candidate = Path(path).expanduser()
+    if candidate.exists():
+        return candidate
+    if data_dir is not None and not candidate.is_absolute() and (data_dir / candidate).exists():
+        return data_dir / candidate
+    where = f" or in {str(data_dir)!r}" if data_dir else ""
+    raise DataNotFoundError(f"{str(path)!r} not found (looked in the working directory{where})")
+
+
 def find_local(data_dir: Path | None, candidates: Iterable[str]) -> Path | None:
     """The first existing path among ``candidates`` (relative to ``data_dir``).
 

@@ -31,6 +31,8 @@ import tensorflow as tf
 from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
+from rnnapps.data.embeddings import read_word_vectors
+from rnnapps.data.sources import resolve_path
 from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
 from rnnapps.export import Endpoint, latest_export, load_export
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
@@ -56,6 +58,10 @@ class SentimentConfig(TrainingConfig):
     residual: bool = False
     validation_fraction: float = 0.1
     bucket_width: int = 40
+    # GloVe-style word vectors (``word v1 ... vd``, plain or .gz) to initialise the embedding;
+    # a relative path is looked up in the data directory too. Sets embedding_dim.
+    embeddings: str | None = None
+    embeddings_trainable: bool = True
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=400, max_length=48, embedding_dim=8, units=8,
@@ -81,6 +87,15 @@ class SentimentPipeline(Pipeline):
             train_texts, train_labels, config.validation_fraction, config.seed
         )
         test_texts, test_labels = splits["test"]
+        vocabulary = build_vocabulary(train_texts, config.vocab_size)
+        info = {
+            "vocabulary": vocabulary,
+            "sizes": {"train": len(train_texts), "validation": len(val_texts), "test": len(test_texts)},
+        }
+        if config.embeddings:
+            info["embedding_matrix"] = read_word_vectors(
+                resolve_path(config.embeddings, data_dir), vocabulary, seed=config.seed
+            )
         make = lambda texts, labels, shuffle: text_label_dataset(  # noqa: E731
             texts, labels, config.batch_size, config.max_length, config.bucket_width, shuffle, config.seed
         )
@@ -88,18 +103,22 @@ class SentimentPipeline(Pipeline):
             train=make(train_texts, train_labels, True),
             validation=make(val_texts, val_labels, False),
             test=make(test_texts, test_labels, False),
-            info={
-                "vocabulary": build_vocabulary(train_texts, config.vocab_size),
-                "sizes": {"train": len(train_texts), "validation": len(val_texts), "test": len(test_texts)},
-            },
+            info=info,
         )
 
     def build_model(self, config: SentimentConfig, datasets: Datasets) -> keras.Model:
         text = keras.Input(shape=(), dtype="string", name="text")
         token_ids = make_vectorizer(datasets.info["vocabulary"])(text)
         token_ids = ClipSequenceLength(config.max_length, name="clip_length")(token_ids)
-        x = keras.layers.Embedding(len(datasets.info["vocabulary"]), config.embedding_dim, mask_zero=True,
-                                   name="embedding")(token_ids)
+        matrix = datasets.info.get("embedding_matrix")
+        embedding = keras.layers.Embedding(
+            len(datasets.info["vocabulary"]),
+            config.embedding_dim if matrix is None else matrix.shape[1],
+            mask_zero=True,
+            trainable=config.embeddings_trainable or matrix is None,
+            name="embedding",
+        )
+        x = embedding(token_ids)
         if config.embedding_dropout:
             x = keras.layers.SpatialDropout1D(config.embedding_dropout, seed=config.seed, name="embedding_dropout")(x)
         pooled = config.pooling != "last"
@@ -122,6 +141,9 @@ class SentimentPipeline(Pipeline):
         # float32 output keeps the loss numerically safe under mixed precision.
         probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
         model = keras.Model(text, probability, name="sentiment")
+        if matrix is not None:
+            # set_weights, not a Constant initializer: that would copy the matrix into the config.
+            embedding.set_weights([matrix])
         model.compile(
             optimizer=runtime.make_optimizer(config),
             loss="binary_crossentropy",
@@ -197,7 +219,7 @@ def predict_command(texts, model_path, export_dir):
         texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
     loaded = load_export(model_path or latest_export(export_dir, "sentiment"))
     outputs = loaded.signatures["serving_default"](text=tf.constant(list(texts), tf.string))
-    for text, label, probability in zip(texts, outputs["label"].numpy(), outputs["probability"].numpy()):
+    for text, label, probability in zip(texts, outputs["label"].numpy(), outputs["probability"].numpy(), strict=True):
         snippet = text if len(text) <= 70 else text[:67] + "..."
         click.echo(f"{label.decode()}\t{probability:.4f}\t{snippet}")
 
