@@ -13,7 +13,8 @@ from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.data import text_corpus
-from rnnapps.pipelines.textgen import PIPELINE, TextgenConfig
+from rnnapps.models.char_lm import TruncatedBPTTModel, build_char_lm
+from rnnapps.pipelines.textgen import PIPELINE, CharTextModel, ResetStatesEvery, TextgenConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -58,6 +59,23 @@ def test_too_small_split_is_a_clear_error():
     config = resolve_config(TextgenConfig, "smoke", set_options={"batch_size": 64})
     with pytest.raises(ValueError, match="validation split is too small"):
         PIPELINE.load_data(config, FIXTURES)
+
+
+def test_state_reset_every_interval_batches():
+    model = TruncatedBPTTModel(build_char_lm(5, embedding_dim=2, units=3), batch_size=2)
+    callback = ResetStatesEvery(3)
+    callback.set_model(model)
+    for batch in range(7):
+        model.train_states[0].assign(np.ones((2, 3), "float32"))
+        callback.on_train_batch_begin(batch)
+        assert float(np.abs(model.train_states[0].numpy()).sum()) == (0.0 if batch % 3 == 0 else 6.0)
+    with pytest.raises(ValueError, match="interval >= 1"):
+        ResetStatesEvery(0)
+
+
+def test_char_text_model_checks_vocabulary_size():
+    with pytest.raises(ValueError, match="len\\(vocabulary\\) \\+ 1 = 3"):
+        CharTextModel(build_char_lm(5, embedding_dim=2, units=3), batch_size=2, vocabulary=["a", "b"])
 
 
 def test_run_reports_nats_and_bits_and_saves_a_sample(trained):

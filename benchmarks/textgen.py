@@ -1,0 +1,126 @@
+"""Textgen benchmark on the real Tiny Shakespeare: quality, training speed, generation speed, a sample.
+
+Trains the ``cpu`` preset (or ``--preset``) through the shared runner, exactly
+as ``rnnapps run textgen`` does, then reloads the exported SavedModel and
+times ``generate``. Writes ``benchmarks/results/textgen.json``.
+
+Usage:
+    python benchmarks/textgen.py --data-dir /work/shared/data
+    python benchmarks/textgen.py --data-dir /work/shared/data --preset smoke --set epochs=1   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "textgen.json"
+PROMPT = "ROMEO:"
+
+
+def generation_speed(loaded, length: int, repeats: int = 3) -> float:
+    """Median characters per second of one ``generate`` call of ``length`` characters."""
+    import tensorflow as tf
+
+    def call(seed):
+        return loaded.signatures["generate"](
+            prompt=tf.constant([PROMPT]), length=tf.constant([length], tf.int32),
+            temperature=tf.constant([0.8]), seed=tf.constant([seed], tf.int32),
+        )["text"]
+
+    call(0)  # the first call pays for loading the graph's functions
+    speeds = []
+    for seed in range(1, repeats + 1):
+        started = time.perf_counter()
+        call(seed).numpy()
+        speeds.append(length / (time.perf_counter() - started))
+    return statistics.median(speeds)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="Folder holding shakespeare/input.txt.")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work-dir", default=str(Path(__file__).parent / "work" / "textgen"),
+                        help="Runs and exports go here (git-ignored).")
+    parser.add_argument("--results", default=str(RESULTS))
+    arguments = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from rnnapps import runner, runtime
+    from rnnapps.config import parse_set_options
+
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    result = runner.run(
+        "textgen", preset=arguments.preset, set_options=parse_set_options(arguments.set_options),
+        data_dir=arguments.data_dir, output_dir=str(Path(arguments.work_dir) / "runs"),
+        export_dir=str(Path(arguments.work_dir) / "exports"), verbose=2,
+    )
+    wall_seconds = time.perf_counter() - started
+    config = result.config
+    history = runtime.read_history(result.run_dir / "history.csv")
+    epochs_run = len(history.get("epoch", []))
+    metrics = result.metrics
+
+    from rnnapps.pipelines.textgen import PIPELINE
+
+    # The characters one epoch trains on: every whole batch of the train stream.
+    datasets = PIPELINE.load_data(config, Path(arguments.data_dir))
+    batches = config.steps_per_epoch or int(datasets.train.cardinality().numpy())
+    train_characters = batches * config.batch_size * config.sequence_length
+    train_seconds = metrics["train_seconds_this_session"]
+
+    loaded = tf.saved_model.load(str(result.export_path))
+    sample = loaded.signatures["generate"](
+        prompt=tf.constant([PROMPT]), length=tf.constant([300], tf.int32),
+        temperature=tf.constant([0.8]), seed=tf.constant([config.seed], tf.int32),
+    )["text"].numpy()[0].decode("utf-8")
+
+    report = {
+        "preset": arguments.preset,
+        "config": {key: value for key, value in vars(config).items()},
+        "validation_nats_per_char": round(metrics["validation_nats_per_char"], 4),
+        "validation_bits_per_char": round(metrics["validation_bits_per_char"], 4),
+        "test_nats_per_char": round(metrics["test_nats_per_char"], 4),
+        "test_bits_per_char": round(metrics["test_bits_per_char"], 4),
+        "target_test_nats_per_char": 1.55,
+        "target_met": bool(metrics["test_nats_per_char"] <= 1.55 and wall_seconds <= 20 * 60),
+        "epochs_run": epochs_run,
+        "best_val_loss": round(min(history.get("val_loss", [float("nan")])), 4),
+        "wall_seconds": round(wall_seconds, 1),
+        "train_seconds": train_seconds,
+        "train_chars_per_second": round(epochs_run * train_characters / train_seconds),
+        "generation_chars_per_second": round(generation_speed(loaded, 1000)),
+        "sample_prompt": PROMPT,
+        "sample_temperature": 0.8,
+        "sample_seed": config.seed,
+        "sample": PROMPT + sample,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "tensorflow": tf.__version__,
+            "load_average_at_start": [round(value, 2) for value in load_start],
+            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+        },
+        "command": "python benchmarks/textgen.py --data-dir /work/shared/data"
+        + (f" --preset {arguments.preset}" if arguments.preset != "cpu" else "")
+        + "".join(f" --set {option}" for option in arguments.set_options),
+    }
+    Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(arguments.results).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(json.dumps({key: value for key, value in report.items() if key not in ("config", "sample")}, indent=2))
+    print(report["sample"])
+    return report
+
+
+if __name__ == "__main__":
+    main()
