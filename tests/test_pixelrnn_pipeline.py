@@ -120,3 +120,20 @@ def test_occlusion_masks_and_config_errors():
         resolve_config(PixelRNNConfig, "smoke", set_options={"dataset": "svhn"})
     with pytest.raises(ConfigError, match="binarize='soft'"):
         resolve_config(PixelRNNConfig, "smoke", set_options={"binarize": "soft"})
+
+
+def test_mixed_float16_logits_and_loss_are_float32():
+    import keras
+
+    from rnnapps.pipelines.pixelrnn import bernoulli_nll
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_pixel_rnn(resolve_config(PixelRNNConfig, "smoke"))
+        images = tf.cast(_test_images(2)[..., None], tf.float32)
+        logits = model(images)
+        nll = bernoulli_nll(images, logits)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logits.dtype == tf.float32 and nll.dtype == tf.float32
+    assert np.all(np.isfinite(nll.numpy()))
