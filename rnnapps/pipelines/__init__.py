@@ -17,6 +17,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "textgen": ("rnnapps.pipelines.textgen", "Character language model (Tiny Shakespeare): truncated BPTT, temperature sampling"),
     "pixelrnn": ("rnnapps.pipelines.pixelrnn", "PixelRNN Row LSTM on binarized MNIST: likelihood and inpainting"),
     "ner": ("rnnapps.pipelines.ner", "CoNLL-2003 named entities: word+char BiLSTM-CRF, span F1"),
+    "draw": ("rnnapps.pipelines.draw", "DRAW recurrent VAE with read/write attention (SVHN, binarized MNIST)"),
 }
 
 
