@@ -1,0 +1,145 @@
+"""CoNLL-2003 NER benchmark: span F1, training speed and tagging speed of the ``cpu`` preset.
+
+Trains through the shared runner (the same path as ``rnnapps run ner``), then
+reloads the exported SavedModel and times its signatures. Results are merged
+into ``benchmarks/results/ner.json`` under the variant's name.
+
+Usage::
+
+    python benchmarks/ner.py --data-dir /work/shared/data --variant glove \\
+        --embeddings /work/shared/data/glove/glove.6B.50d.top100k_conll2003.txt.gz
+    python benchmarks/ner.py --data-dir /work/shared/data --variant plain --set max_train_minutes=20
+
+Not a test: it reads the real dataset and trains for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RESULTS = Path(__file__).parent / "results" / "ner.json"
+TIMING_BATCH = 32
+
+
+class _StepCounter:
+    """Counts optimizer steps (a Keras callback, built lazily so --help needs no TensorFlow)."""
+
+    def __new__(cls):
+        import keras
+
+        class StepCounter(keras.callbacks.Callback):
+            steps = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.steps += 1
+
+        return StepCounter()
+
+
+def _time_signatures(export_path: Path, sentences) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from rnnapps.export import load_export
+
+    loaded = load_export(export_path)
+    tag_tokens = loaded.signatures["serving_default"]
+    tag_text = loaded.signatures["tag_text"]
+    batches = []
+    for start in range(0, len(sentences), TIMING_BATCH):
+        chunk = [s.tokens for s in sentences[start : start + TIMING_BATCH]]
+        width = max(len(tokens) for tokens in chunk)
+        batches.append(np.array([tokens + [""] * (width - len(tokens)) for tokens in chunk], dtype=object))
+    tag_tokens(tokens=tf.constant(batches[0]))  # warm-up
+    started = time.perf_counter()
+    for batch in batches:
+        tag_tokens(tokens=tf.constant(batch))
+    batch_seconds = time.perf_counter() - started
+    tokens = sum(len(s.tokens) for s in sentences)
+    texts = [" ".join(s.tokens) for s in sentences[:200]]
+    tag_text(text=tf.constant(texts[:1]))
+    latencies = []
+    for text in texts:
+        began = time.perf_counter()
+        tag_text(text=tf.constant([text]))
+        latencies.append(1000.0 * (time.perf_counter() - began))
+    return {
+        "tagging_tokens_per_second_batch32": round(tokens / batch_seconds, 1),
+        "tagging_sentences_per_second_batch32": round(len(sentences) / batch_seconds, 1),
+        "tag_text_latency_ms_median_one_sentence": round(statistics.median(latencies), 2),
+        "tag_text_latency_ms_p90_one_sentence": round(sorted(latencies)[int(0.9 * len(latencies))], 2),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="Folder holding conll2003/{train,valid,test}.txt[.gz].")
+    parser.add_argument("--variant", default="glove", help="Name of this result in ner.json (e.g. glove, plain).")
+    parser.add_argument("--embeddings", help="GloVe-style file for --set embeddings=...")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--output-dir", default="benchmarks/work/ner", help="Runs and exports go here.")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from rnnapps import runner, runtime
+    from rnnapps.config import parse_set_options
+    from rnnapps.data import conll
+
+    set_options = parse_set_options(args.set_options)
+    if args.embeddings:
+        set_options["embeddings"] = args.embeddings
+    output = Path(args.output_dir)
+    counter = _StepCounter()
+    started = time.perf_counter()
+    result = runner.run(
+        "ner", args.preset, set_options=set_options, data_dir=args.data_dir,
+        output_dir=str(output / "runs"), export_dir=str(output / "exports"), verbose=2,
+        extra_callbacks=[counter],
+    )
+    wall_seconds = time.perf_counter() - started
+    history = runtime.read_history(result.run_dir / "history.csv")
+    epochs_run = len(history.get("loss", []))
+    test_sentences = conll.load_conll_splits(args.data_dir)["test"]
+    metrics = result.metrics
+    entry = {
+        "command": "python benchmarks/ner.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "preset": args.preset,
+        "set": set_options,
+        "valid_f1": round(metrics["valid_f1"], 4),
+        "test_f1": round(metrics["test_f1"], 4),
+        "test_precision": round(metrics["test_precision"], 4),
+        "test_recall": round(metrics["test_recall"], 4),
+        "test_per_type": metrics["test_per_type"],
+        "epochs_run": epochs_run,
+        "best_val_loss": min(history.get("val_loss", [float("nan")])),
+        "train_seconds": metrics["train_seconds_this_session"],
+        "wall_seconds_total": round(wall_seconds, 1),
+        "train_steps": counter.steps,
+        # Full batches assumed (a bucket's last batch is smaller): a slight overestimate.
+        "training_sentences_per_second": round(counter.steps * result.config.batch_size / metrics["train_seconds_this_session"], 1),
+        **_time_signatures(result.export_path, test_sentences),
+        "run_dir": str(result.run_dir),
+        "export": str(result.export_path),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores (shared, busy), TensorFlow {tf.__version__}",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[args.variant] = entry
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(json.dumps({k: v for k, v in entry.items() if k != "test_per_type"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""CoNLL-2003 named entities: word + character BiLSTM-CRF tagger scored by span F1.
+
+What it does, in five bullets:
+
+* reads CoNLL-2003 (local files in IOB1 or IOB2, else tensorflow-datasets),
+  converts tags to IOB2 and builds word (lowercased, digits as ``0``), char and
+  tag vocabularies on train only; ``--set embeddings=PATH`` adds the words of a
+  GloVe-style file and initialises the word embedding with its vectors;
+* featurises string tokens *inside* the model (``""`` = padding): word ids,
+  per-token characters and a case/shape category, so the exported model takes
+  tokens and raw text;
+* represents each token by its word embedding, a character encoder (CNN + max
+  pool or char BiLSTM) and a case embedding, applies dropout and reads the
+  sentence with a BiLSTM stack, then scores every tag with a dense layer;
+* trains the emissions with a linear-chain CRF negative log-likelihood and
+  decodes with Viterbi (or ``--set decoder=softmax``: per-token cross-entropy
+  and argmax), batching sentences of similar length together;
+* reports span-level micro F1 (``seqeval``, strict IOB2, as conlleval) on the
+  validation and test splits with a per-type table and plot, and exports
+  ``serving_default(tokens) -> {tags}`` and ``tag_text(text) -> {tokens, tags}``.
+
+References: Tjong Kim Sang & De Meulder 2003 (the dataset); Lafferty et al. 2001
+(CRFs); Huang, Xu & Yu 2015, "Bidirectional LSTM-CRF Models for Sequence
+Tagging"; Lample et al. 2016, "Neural Architectures for Named Entity
+Recognition" (char BiLSTM); Ma & Hovy 2016, "End-to-end Sequence Labeling via
+Bi-directional LSTM-CNNs-CRF" (char CNN); Pennington et al. 2014 (GloVe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rnnapps import runtime
+from rnnapps.config import TrainingConfig
+from rnnapps.data import conll
+from rnnapps.data.embeddings import read_word_vectors, vector_file_words
+from rnnapps.errors import ConfigError
+from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.models import RecurrentStack
+from rnnapps.models.char_encoder import CharWordEncoder
+from rnnapps.models.crf import CRF
+from rnnapps.pipelines.base import Datasets, Pipeline
+
+DECODERS = ("crf", "softmax")
+CHAR_ENCODERS = ("cnn", "lstm")
+# Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
+LENGTH_BUCKETS = (8, 12, 16, 24, 32, 48, 64)
+SCHEME = "IOB2"
+
+
+@dataclasses.dataclass
+class NerConfig(TrainingConfig):
+    # GloVe-style vector file (plain or .gz, "word v1 ... vd"); its width must equal word_embedding_dim.
+    embeddings: str | None = None
+    decoder: str = "crf"
+    word_embedding_dim: int = 50
+    # Training words seen fewer times are unknown (their characters still reach the tagger), so the
+    # unknown-word vector is trained; words of the embeddings file are always kept.
+    min_word_count: int = 2
+    char_encoder: str = "cnn"
+    char_embedding_dim: int = 25
+    char_units: int = 25
+    char_filters: int = 30
+    char_kernel_size: int = 3
+    # Characters read per token (longer tokens are cut).
+    max_chars: int = 24
+    case_embedding_dim: int = 8
+    cell: str = "lstm"
+    units: int = 100
+    depth: int = 1
+    # Dropout on the concatenated token features and on the recurrent outputs (Lample et al.: 0.5).
+    dropout: float = 0.5
+    char_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    # Stop training (at the next batch) once this many minutes have passed; None: no limit.
+    max_train_minutes: float | None = None
+
+    PRESETS: ClassVar[dict] = {
+        "smoke": dict(epochs=4, batch_size=4, learning_rate=0.02, word_embedding_dim=8, min_word_count=1,
+                      char_embedding_dim=8, char_filters=8, char_units=4, case_embedding_dim=4, units=8,
+                      dropout=0.0, early_stopping_patience=0),
+        "cpu": dict(epochs=14, batch_size=32, learning_rate=2e-3, clipnorm=5.0, early_stopping_patience=3,
+                    max_train_minutes=25.0),
+        "full": dict(epochs=60, batch_size=32, learning_rate=1e-3, clipnorm=5.0, word_embedding_dim=100,
+                     char_encoder="lstm", char_units=25, units=200, depth=2, early_stopping_patience=6),
+    }
+
+    def validate(self) -> None:
+        for name, value, choices in (
+            ("decoder", self.decoder, DECODERS),
+            ("char_encoder", self.char_encoder, CHAR_ENCODERS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class TokenFeatures(keras.layers.Layer):
+    """String tokens to the strings and ids the lookups and embeddings need, in the graph.
+
+    Args:
+        max_chars: characters kept per token (None: all).
+
+    Call arguments:
+        tokens: string ``(batch, words)``, ``""`` = padding.
+
+    Returns:
+        ``(words, chars, case_ids)``: normalised words (string, same shape; see
+        :func:`rnnapps.data.conll.normalise_word`), characters (string
+        ``(batch, words, chars)``, ``""``-padded, at least one column) and case
+        categories (int32, see :func:`rnnapps.data.conll.case_feature_ids`).
+
+    Example:
+
+    >>> words, chars, case = TokenFeatures(max_chars=4)(tf.constant([["EU", "1996"]]))
+    >>> tuple(chars.shape), case.numpy().tolist()
+    ((1, 2, 4), [[2, 5]])
+    """
+
+    def __init__(self, max_chars: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+            raise ValueError(f"Expected max_chars to be an integer >= 1 or None. Received: max_chars={max_chars!r}")
+        self.max_chars = max_chars
+
+    def call(self, tokens):
+        tokens = tf.convert_to_tensor(tokens, tf.string)
+        chars = tf.strings.unicode_split(tokens, "UTF-8", errors="replace").to_tensor(default_value=conll.PADDING)
+        if self.max_chars is not None:
+            chars = chars[..., : self.max_chars]
+        # One column at least: the char encoder cannot reduce over zero characters.
+        missing = tf.maximum(1 - tf.shape(chars)[-1], 0)
+        chars = tf.pad(chars, [[0, 0], [0, 0], [0, missing]], constant_values=conll.PADDING)
+        return conll.normalise_words(tokens), chars, conll.case_feature_ids(tokens)
+
+    def compute_output_spec(self, tokens):
+        shape = tuple(tokens.shape)
+        return (
+            keras.KerasTensor(shape, dtype="string"),
+            keras.KerasTensor((*shape, self.max_chars), dtype="string"),
+            keras.KerasTensor(shape, dtype="int32"),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_chars=self.max_chars)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class SequenceTagger(keras.Model):
+    """Tags string tokens: an emission model plus a CRF (Viterbi) or softmax (argmax) decoder.
+
+    Calling the model returns the emission scores, which is what training needs;
+    :meth:`tag_ids` and :meth:`tag` decode. The loss is computed in
+    :meth:`compute_loss` from integer tags ``(batch, words)`` with 0 = padding:
+    the CRF negative log-likelihood per sentence (``decoder="crf"``), or the
+    mean cross-entropy over real tokens (``decoder="softmax"``). Tag strings
+    travel in the config, so a reloaded model decodes without other files.
+
+    Args:
+        encoder: a model from string tokens ``(batch, words)`` to float
+            emissions ``(batch, words, len(tags) + 1)``; id 0 is padding.
+        tags: the tag strings of ids ``1..len(tags)``.
+        decoder: ``"crf"`` or ``"softmax"``.
+
+    Call arguments:
+        tokens: string ``(batch, words)``, ``""`` = padding.
+        training: whether dropout is active.
+
+    Example:
+
+    >>> tokens = keras.Input((None,), dtype="string")
+    >>> ids = keras.layers.StringLookup(vocabulary=["a"], mask_token="")(tokens)
+    >>> emissions = keras.layers.Embedding(3, 3)(ids)
+    >>> tagger = SequenceTagger(keras.Model(tokens, emissions), tags=["O", "B-X"])
+    >>> tagger.tag(tf.constant([["a", ""]])).numpy().shape
+    (1, 2)
+    """
+
+    def __init__(self, encoder: keras.Model, tags, decoder: str = "crf", **kwargs):
+        super().__init__(**kwargs)
+        if decoder not in DECODERS:
+            raise ValueError(f"Expected decoder to be one of {DECODERS}. Received: decoder={decoder!r}")
+        tags = [str(tag) for tag in tags]
+        if not tags:
+            raise ValueError("Expected at least one tag. Received: tags=[]")
+        width = encoder.outputs[0].shape[-1]
+        if width != len(tags) + 1:
+            raise ValueError(
+                f"Expected an encoder with len(tags) + 1 = {len(tags) + 1} emission scores (id 0: padding). "
+                f"Received: encoder output width {width}"
+            )
+        self.encoder = encoder
+        self.tags = tags
+        self.decoder = decoder
+        self.num_tag_ids = len(tags) + 1
+        self.crf = None
+        if decoder == "crf":
+            self.crf = CRF(self.num_tag_ids, name="crf")
+            self.crf.build((None, None, self.num_tag_ids))
+        # The encoder is built and so is the CRF: nothing is left for a deferred build.
+        self.built = True
+
+    def call(self, tokens, training=False):
+        return self.encoder(tokens, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        tags = tf.cast(y, tf.int32)
+        mask = tf.not_equal(tags, 0)
+        if self.crf is not None:
+            loss = -self.crf.log_likelihood(y_pred, tags, mask)
+            if sample_weight is not None:
+                loss = loss * tf.cast(tf.reshape(sample_weight, [-1]), loss.dtype)
+            return tf.reduce_mean(loss)
+        per_token = keras.losses.sparse_categorical_crossentropy(tags, tf.cast(y_pred, tf.float32), from_logits=True)
+        weights = tf.cast(mask, tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
+        return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+    def tag_ids(self, tokens):
+        """Integer tag ids ``(batch, words)``; 0 at padding. Handles zero-width batches."""
+        tokens = tf.convert_to_tensor(tokens, tf.string)
+        width = tf.shape(tokens)[1]
+        # One column at least: the recurrent layers need a time step to exist.
+        padded = tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - width, 0)]], constant_values=conll.PADDING)
+        emissions = tf.cast(self.encoder(padded, training=False), tf.float32)
+        mask = tf.not_equal(padded, conll.PADDING)
+        if self.crf is not None:
+            ids = viterbi_tags(self.crf, emissions, mask)
+        else:
+            ids = tf.cast(tf.argmax(emissions[..., 1:], axis=-1), tf.int32) + 1
+        ids = tf.where(mask, tf.cast(ids, tf.int32), 0)
+        return ids[:, :width]
+
+    def tag(self, tokens):
+        """Tag strings ``(batch, words)``; ``""`` at padding."""
+        names = tf.constant([conll.PADDING, *self.tags])
+        return tf.gather(names, self.tag_ids(tokens))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            tags=list(self.tags),
+            decoder=self.decoder,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)
+
+
+def viterbi_tags(crf: CRF, emissions, mask):
+    """The Viterbi tag path ``(batch, time)`` of a :class:`CRF`, 0 at padded steps, for any time length.
+
+    The same decoding as ``CRF.viterbi_decode``, written with ``tf.scan``: in
+    Keras 3.15 ``ops.scan`` fails to trace when the time axis has no static
+    length, which is the case in a serving signature. Needs ``time >= 1``.
+    """
+    emissions = tf.cast(emissions, tf.float32)
+    mask = tf.cast(mask, tf.bool)
+    transitions = tf.cast(crf.transitions, tf.float32)
+    if crf.use_boundary_transitions:
+        start, end = tf.cast(crf.start_transitions, tf.float32), tf.cast(crf.end_transitions, tf.float32)
+    else:
+        start = end = tf.zeros([crf.num_tags], tf.float32)
+    time_major = tf.transpose(emissions, [1, 0, 2])
+    real = tf.transpose(mask, [1, 0])
+    identity = tf.zeros_like(time_major[0], tf.int32) + tf.range(crf.num_tags)
+
+    is_first = tf.equal(tf.range(tf.shape(time_major)[0]), 0)
+
+    def forward(carry, inputs):
+        delta, _ = carry
+        emission, step_real, first = inputs
+        candidates = delta[:, :, None] + transitions
+        moved = tf.where(first, start + emission, tf.reduce_max(candidates, axis=1) + emission)
+        best_previous = tf.argmax(candidates, axis=1, output_type=tf.int32)
+        step_real = step_real[:, None]
+        # Padded steps keep the scores and point every tag back at itself, so
+        # backtracking walks unchanged to the last real token.
+        return tf.where(step_real, moved, delta), tf.where(step_real, best_previous, identity)
+
+    # Every loop runs over all steps (none over an empty slice: tf.scan cannot stack zero elements).
+    deltas, pointers = tf.scan(forward, (time_major, real, is_first), initializer=(tf.zeros_like(time_major[0]), identity))
+    last_tag = tf.argmax(deltas[-1] + end, axis=-1, output_type=tf.int32)
+
+    def backward(carry, step_pointers):
+        tag, _ = carry
+        return tf.gather(step_pointers, tag, batch_dims=1), tag
+
+    _, path = tf.scan(backward, pointers, initializer=(last_tag, last_tag), reverse=True)
+    path = tf.transpose(path, [1, 0])
+    return tf.where(mask, path, 0)
+
+
+class StopAfterMinutes(keras.callbacks.Callback):
+    """Stops training at the first batch end past a wall-clock budget (the epoch then closes normally)."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = 60.0 * float(minutes)
+        self.started = None
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.started > self.seconds:
+            self.stopped_early = True
+            self.model.stop_training = True
+
+
+def tokenize(text):
+    """CoNLL-style tokens of raw strings, in the graph: ``string[batch] -> string[batch, words]`` (``""``-padded).
+
+    Splits on whitespace, and splits off brackets, quotes, ``!?;``, a trailing
+    ``.,:`` after a lowercase letter or digit (``lamb.`` but not ``U.S.``), a
+    comma before a space, and ``'s``.
+    """
+    text = tf.convert_to_tensor(text, tf.string)
+    text = tf.strings.regex_replace(text, r"([\"()\[\]{}!?;])", r" \1 ")
+    text = tf.strings.regex_replace(text, r"([\p{Ll}\pN%])([.,:]+)(\s|$)", r"\1 \2\3")
+    text = tf.strings.regex_replace(text, r"([^\s,]),(\s|$)", r"\1 ,\2")
+    text = tf.strings.regex_replace(text, r"(\pL)('[sS])(\s|$)", r"\1 \2\3")
+    tokens = tf.strings.split(text).to_tensor(default_value=conll.PADDING)
+    # A batch of empty texts still gets one (padding) column.
+    missing = tf.maximum(1 - tf.shape(tokens)[1], 0)
+    return tf.pad(tokens, [[0, 0], [0, missing]], constant_values=conll.PADDING)
+
+
+def entity_spans(tags) -> list[tuple[str, int, int]]:
+    """``(type, start, end)`` token spans (end exclusive) of IOB2 tags, read strictly.
+
+    A span starts at ``B-X`` and continues over ``I-X``; a stray ``I-X`` is not
+    an entity in strict IOB2 (as ``seqeval``'s strict mode scores it).
+    """
+    spans = []
+    current = None
+    for index, tag in enumerate([*list(tags), "O"]):
+        tag = tag.decode() if isinstance(tag, bytes) else str(tag)
+        if current is not None and tag != f"I-{current[0]}":
+            spans.append((current[0], current[1], index))
+            current = None
+        if tag.startswith("B-"):
+            current = (tag[2:], index)
+    return spans
+
+
+def _tag_dataset(sentences, vocab, batch_size, shuffle, seed):
+    tag_ids = {tag: index + 1 for index, tag in enumerate(vocab.tags)}
+
+    def examples():
+        for sentence in sentences:
+            # Tags never seen in training (none in CoNLL-2003) are scored as "O".
+            yield sentence.tokens, [tag_ids.get(tag, tag_ids.get("O", 1)) for tag in sentence.tags]
+
+    dataset = tf.data.Dataset.from_generator(
+        examples,
+        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)),
+    ).cache()
+    if shuffle:
+        dataset = dataset.shuffle(max(len(sentences), 1), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.bucket_by_sequence_length(
+        lambda tokens, tags: tf.shape(tokens)[0],
+        bucket_boundaries=list(LENGTH_BUCKETS),
+        bucket_batch_sizes=[batch_size] * (len(LENGTH_BUCKETS) + 1),
+        padding_values=(conll.PADDING, 0),
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class NerPipeline(Pipeline):
+    name = "ner"
+    config_class = NerConfig
+    monitor = "val_loss"
+    monitor_mode = "min"
+
+    def load_data(self, config: NerConfig, data_dir: Path | None) -> Datasets:
+        config.validate()
+        splits = conll.load_conll_splits(data_dir)
+        train = splits["train"][: config.max_train_examples] if config.max_train_examples else splits["train"]
+        extra_words = vector_file_words(config.embeddings, normalise=conll.normalise_word) if config.embeddings else ()
+        vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
+        info = {
+            "vocabularies": vocab,
+            "sentences": {"validation": splits["valid"], "test": splits["test"]},
+            "sizes": {"train": len(train), "validation": len(splits["valid"]), "test": len(splits["test"])},
+            "train_tokens": sum(len(s.tokens) for s in train),
+        }
+        if config.embeddings:
+            # Rows in the word lookup's order: padding, [UNK], then the vocabulary.
+            rows = [conll.PADDING, conll.OOV_TOKEN, *vocab.words]
+            info["word_vectors"] = read_word_vectors(
+                config.embeddings, rows, seed=config.seed, normalise=conll.normalise_word
+            )
+            width = info["word_vectors"].shape[1]
+            if width != config.word_embedding_dim:
+                raise ConfigError(
+                    f"{config.embeddings} has {width}-dimensional vectors but word_embedding_dim="
+                    f"{config.word_embedding_dim}; add --set word_embedding_dim={width}"
+                )
+        return Datasets(
+            train=_tag_dataset(train, vocab, config.batch_size, True, config.seed),
+            validation=_tag_dataset(splits["valid"], vocab, config.batch_size, False, config.seed),
+            test=_tag_dataset(splits["test"], vocab, config.batch_size, False, config.seed),
+            info=info,
+        )
+
+    def build_model(self, config: NerConfig, datasets: Datasets) -> keras.Model:
+        config.validate()
+        vocab: conll.Vocabularies = datasets.info["vocabularies"]
+        word_lookup, char_lookup, _ = conll.make_lookup_layers(vocab)
+        tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
+        words, chars, case_ids = TokenFeatures(max_chars=config.max_chars, name="token_features")(tokens)
+        word_embedding = keras.layers.Embedding(
+            word_lookup.vocabulary_size(), config.word_embedding_dim, mask_zero=True, name="word_embedding"
+        )
+        features = [
+            word_embedding(word_lookup(words)),
+            CharWordEncoder(
+                char_lookup.vocabulary_size(),
+                char_embedding_dim=config.char_embedding_dim,
+                mode=config.char_encoder,
+                units=config.char_units,
+                filters=config.char_filters,
+                kernel_size=config.char_kernel_size,
+                dropout=config.char_dropout,
+                seed=config.seed,
+                name="char_encoder",
+            )(char_lookup(chars)),
+            keras.layers.Embedding(
+                conll.NUM_CASE_CATEGORIES, config.case_embedding_dim, mask_zero=True, name="case_embedding"
+            )(case_ids),
+        ]
+        x = keras.layers.Concatenate(name="token_representation")(features)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed, name="feature_dropout")(x)
+        x = RecurrentStack(
+            config.units,
+            cell=config.cell,
+            depth=config.depth,
+            bidirectional=True,
+            dropout=config.dropout,
+            recurrent_dropout=config.recurrent_dropout,
+            return_sequences=True,
+            seed=config.seed,
+            name="encoder",
+        )(x)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed + 1, name="output_dropout")(x)
+        # float32 emissions: the CRF and the softmax loss both want full precision.
+        emissions = keras.layers.Dense(vocab.num_tag_ids, dtype="float32", name="emissions")(x)
+        encoder = keras.Model(tokens, emissions, name="emission_model")
+        if "word_vectors" in datasets.info:
+            word_embedding.set_weights([datasets.info["word_vectors"]])
+        model = SequenceTagger(encoder, vocab.tags, decoder=config.decoder, name="ner")
+        model.compile(optimizer=runtime.make_optimizer(config))
+        return model
+
+    def extra_callbacks(self, model, datasets: Datasets, config: NerConfig, run_dir: Path) -> list:
+        return [StopAfterMinutes(config.max_train_minutes)] if config.max_train_minutes else []
+
+    def evaluate(self, model, datasets: Datasets, config, run_dir: Path) -> dict:
+        from rnnapps import plots
+
+        metrics = {}
+        for split, dataset in (("valid", datasets.validation), ("test", datasets.test)):
+            gold, predicted = predict_tags(model, dataset)
+            scores = span_scores(gold, predicted)
+            metrics[f"{split}_f1"] = scores["f1"]
+            metrics[f"{split}_precision"] = scores["precision"]
+            metrics[f"{split}_recall"] = scores["recall"]
+            metrics[f"{split}_sentences"] = len(gold)
+            metrics[f"{split}_per_type"] = scores["per_type"]
+        per_type = metrics["test_per_type"]
+        types = sorted(per_type)
+        if types:
+            values = [[per_type[t]["precision"], per_type[t]["recall"], per_type[t]["f1"]] for t in types]
+            plots.heatmap(values, types, ["precision", "recall", "F1"], run_dir / "per_type_f1.png",
+                          title=f"CoNLL-2003 test span scores (micro F1 {metrics['test_f1']:.4f})")
+        return metrics
+
+    def serving(self, model, config) -> dict[str, Endpoint]:
+        def tag_tokens(tokens):
+            return {"tags": model.tag(tokens)}
+
+        def tag_text(text):
+            tokens = tokenize(text)
+            return {"tokens": tokens, "tags": model.tag(tokens)}
+
+        return {
+            "serving_default": Endpoint(tag_tokens, [tf.TensorSpec([None, None], tf.string, name="tokens")]),
+            "tag_text": Endpoint(tag_text, [tf.TensorSpec([None], tf.string, name="text")]),
+        }
+
+
+def predict_tags(model, dataset) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tag strings of every sentence of a ``(tokens, tag_ids)`` dataset."""
+    names = np.array([conll.PADDING, *model.tags], dtype=object)
+    tag_ids = tf.function(model.tag_ids, reduce_retracing=True)
+    gold, predicted = [], []
+    for tokens, gold_ids in dataset:
+        predicted_ids = tag_ids(tokens).numpy()
+        gold_ids = gold_ids.numpy()
+        lengths = (tokens.numpy() != b"").sum(axis=1)
+        for row, length in enumerate(lengths):
+            gold.append(list(names[gold_ids[row, :length]]))
+            predicted.append(list(names[predicted_ids[row, :length]]))
+    return gold, predicted
+
+
+def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Span-level micro precision/recall/F1 and a per-type table (``seqeval`` strict IOB2)."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    common = dict(mode="strict", scheme=IOB2, zero_division=0)
+    report = classification_report(gold, predicted, output_dict=True, **common)
+    per_type = {
+        name: {key: float(values[key]) if key != "support" else int(values[key])
+               for key in ("precision", "recall", "f1-score", "support")}
+        for name, values in report.items()
+        if not name.endswith(" avg")
+    }
+    for values in per_type.values():
+        values["f1"] = values.pop("f1-score")
+    return {
+        "f1": float(f1_score(gold, predicted, **common)),
+        "precision": float(precision_score(gold, predicted, **common)),
+        "recall": float(recall_score(gold, predicted, **common)),
+        "per_type": per_type,
+    }
+
+
+@click.command("ner")
+@click.argument("texts", nargs=-1)
+@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
+              help="A SavedModel version directory (default: the latest under --export-dir).")
+@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+def predict_command(texts, model_path, export_dir):
+    """Find named entities (PER, ORG, LOC, MISC) in TEXTS (or lines from stdin).
+
+    Prints each text's tokens, then one line per entity: its type, its token
+    span (start:end, end exclusive) and its words.
+
+    \b
+    Examples:
+      rnnapps predict ner "EU rejects German call to boycott British lamb ."
+      cat news.txt | rnnapps predict ner --model saved_models/ner/2
+    """
+    if not texts:
+        if sys.stdin.isatty():
+            raise click.UsageError("give texts as arguments or pipe them in, one per line")
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    loaded = load_export(model_path or latest_export(export_dir, "ner"))
+    outputs = loaded.signatures["tag_text"](text=tf.constant(list(texts), tf.string))
+    for row_tokens, row_tags in zip(outputs["tokens"].numpy(), outputs["tags"].numpy(), strict=True):
+        tokens = [token.decode() for token in row_tokens if token]
+        click.echo(" ".join(tokens))
+        spans = entity_spans(row_tags[: len(tokens)])
+        for entity_type, start, end in spans:
+            click.echo(f"  {entity_type}\t{start}:{end}\t{' '.join(tokens[start:end])}")
+        if not spans:
+            click.echo("  (no entities)")
+
+
+PIPELINE = NerPipeline()
+PIPELINE.predict_command = predict_command

@@ -1,0 +1,173 @@
+"""NER end to end on the tiny fixture: run → F1 → export → move → reload → tag tokens and text; CLI; metric."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from rnnapps import runner
+from rnnapps.cli import cli
+from rnnapps.config import resolve_config
+from rnnapps.errors import ConfigError
+from rnnapps.models.crf import CRF
+from rnnapps.pipelines.ner import (
+    PIPELINE,
+    NerConfig,
+    entity_spans,
+    span_scores,
+    tokenize,
+    viterbi_tags,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+GLOVE = FIXTURES / "conll2003" / "glove.txt"
+TAGS = {"", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"}
+SENTENCES = [
+    ["Maria", "Lopez", "visited", "Paris", "."],
+    ["Xyzzy", "Qwerty", "Blorpville", "", ""],  # unknown words, padded row
+    ["", "", "", "", ""],  # an empty sentence in a batch
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ner")
+    result = runner.run(
+        "ner", "smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"), export_dir=str(root / "exports"),
+        verbose=0,
+    )
+    return root, result
+
+
+def test_run_reports_span_f1_per_type_and_plots(smoke_run):
+    _, result = smoke_run
+    for name in ("config.json", "model.keras", "metrics.json", "history.csv", "per_type_f1.png", "learning_curves.png"):
+        assert (result.run_dir / name).exists(), name
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert 0.0 <= metrics[f"{split}_f1"] <= 1.0
+        assert metrics[f"{split}_sentences"] == 6
+    assert set(metrics["test_per_type"]) == {"PER", "LOC", "ORG", "MISC"}
+    assert sum(row["support"] for row in metrics["test_per_type"].values()) == 10
+
+
+def test_export_reloads_from_a_moved_dir_and_tags(smoke_run, tmp_path):
+    _, result = smoke_run
+    moved = tmp_path / "moved"
+    shutil.move(result.export_path, moved)
+    try:
+        _check_moved_export(moved, result.run_dir)
+    finally:  # the predict test uses the export again
+        shutil.move(moved, result.export_path)
+
+
+def _check_moved_export(moved, run_dir):
+    loaded = tf.saved_model.load(str(moved))
+    assert set(loaded.signatures) == {"serving_default", "tag_text"}
+
+    tags = loaded.signatures["serving_default"](tokens=tf.constant(SENTENCES))["tags"].numpy()
+    assert tags.shape == (3, 5)
+    decoded = [[tag.decode() for tag in row] for row in tags]
+    assert {tag for row in decoded for tag in row} <= TAGS
+    assert decoded[1][3:] == ["", ""] and decoded[2] == [""] * 5
+    assert all(tag for tag in decoded[0])
+    # The export decodes exactly as the trained model reloaded from model.keras.
+    model = keras.saving.load_model(run_dir / "model.keras")
+    np.testing.assert_array_equal(tags, model.tag(tf.constant(SENTENCES)).numpy())
+    assert loaded.signatures["serving_default"](tokens=tf.zeros([2, 0], tf.string))["tags"].shape == (2, 0)
+
+    outputs = loaded.signatures["tag_text"](text=tf.constant(["Maria Lopez visited Paris.", ""]))
+    tokens = outputs["tokens"].numpy()
+    assert [t.decode() for t in tokens[0]] == ["Maria", "Lopez", "visited", "Paris", "."]
+    assert (tokens[1] == b"").all() and (outputs["tags"].numpy()[1] == b"").all()
+    assert outputs["tags"].shape == outputs["tokens"].shape
+    only_empty = loaded.signatures["tag_text"](text=tf.constant([""]))
+    assert only_empty["tags"].numpy().tolist() == [[b""]]
+
+
+def test_predict_command_prints_tokens_and_entities(smoke_run):
+    _, result = smoke_run
+    invoked = CliRunner().invoke(
+        cli, ["predict", "ner", "--model", str(result.export_path), "EU rejects German call to boycott British lamb."]
+    )
+    assert invoked.exit_code == 0, invoked.output
+    lines = invoked.output.splitlines()
+    assert lines[0] == "EU rejects German call to boycott British lamb ."
+    for line in lines[1:]:
+        assert line == "  (no entities)" or line.startswith("  ") and len(line.strip().split("\t")) == 3
+    help_text = CliRunner().invoke(cli, ["predict", "ner", "--help"]).output
+    assert "rnnapps predict ner" in help_text
+
+
+def test_softmax_decoder_builds_and_trains_one_step():
+    config = dataclasses.replace(resolve_config(NerConfig, "smoke"), decoder="softmax")
+    datasets = PIPELINE.load_data(config, FIXTURES)
+    model = PIPELINE.build_model(config, datasets)
+    assert model.crf is None
+    history = model.fit(datasets.train.take(1), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    tags = model.tag(tf.constant(SENTENCES[:2])).numpy()
+    assert tags.shape == (2, 5) and tags[1, 3] == b"" and tags[0, 0] in {t.encode() for t in TAGS - {""}}
+
+
+def test_pretrained_vectors_initialise_the_word_embedding():
+    config = dataclasses.replace(resolve_config(NerConfig, "smoke"), embeddings=str(GLOVE), word_embedding_dim=3)
+    datasets = PIPELINE.load_data(config, FIXTURES)
+    model = PIPELINE.build_model(config, datasets)
+    vocabulary = model.encoder.get_layer("word_lookup").get_vocabulary()
+    matrix = model.encoder.get_layer("word_embedding").get_weights()[0]
+    np.testing.assert_allclose(matrix[vocabulary.index("rome")], [-0.1, 0.4, 0.3])
+    # "0000" and "1996" both normalise to "0000": the file's first vector wins.
+    np.testing.assert_allclose(matrix[vocabulary.index("0000")], [0.9, 0.9, 0.9])
+    with pytest.raises(ConfigError, match="3-dimensional vectors but word_embedding_dim=8"):
+        PIPELINE.load_data(dataclasses.replace(config, word_embedding_dim=8), FIXTURES)
+
+
+def test_bad_decoder_is_a_config_error():
+    with pytest.raises(ConfigError, match="decoder='beam' is not one of crf, softmax"):
+        PIPELINE.load_data(dataclasses.replace(NerConfig(), decoder="beam"), FIXTURES)
+
+
+def test_span_f1_matches_a_hand_count():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predicted = [["B-PER", "I-PER", "O", "B-ORG"], ["I-ORG", "O"]]
+    # Gold spans: PER, LOC, ORG. Predicted: PER (right), ORG at 3 (wrong); a stray I-ORG is no span
+    # in strict IOB2. Precision 1/2, recall 1/3, F1 = 2PR / (P + R) = 0.4.
+    scores = span_scores(gold, predicted)
+    assert scores["precision"] == pytest.approx(0.5)
+    assert scores["recall"] == pytest.approx(1 / 3)
+    assert scores["f1"] == pytest.approx(0.4)
+    assert scores["per_type"]["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert scores["per_type"]["LOC"]["recall"] == 0.0 and scores["per_type"]["ORG"]["precision"] == 0.0
+    assert entity_spans(predicted[0]) == [("PER", 0, 2), ("ORG", 3, 4)]
+    assert entity_spans(["I-ORG", "B-LOC", "I-LOC", "I-PER"]) == [("LOC", 1, 3)]
+
+
+def test_viterbi_tags_equals_the_crf_decoder_for_unknown_lengths():
+    crf = CRF(4)
+    crf.build((None, None, 4))
+    rng = np.random.default_rng(0)
+    crf.set_weights([rng.normal(size=w.shape).astype("float32") for w in crf.get_weights()])
+    decode = tf.function(
+        lambda emissions, mask: viterbi_tags(crf, emissions, mask),
+        input_signature=[tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.bool)],
+    )
+    for time_steps in (1, 5):
+        emissions = rng.normal(size=(3, time_steps, 4)).astype("float32")
+        mask = np.arange(time_steps)[None, :] < np.array([time_steps, 1, 0])[:, None]
+        expected, _ = crf.viterbi_decode(emissions, mask)
+        np.testing.assert_array_equal(decode(emissions, mask).numpy(), keras.ops.convert_to_numpy(expected))
+
+
+def test_tokenize_splits_like_conll():
+    tokens = tokenize(tf.constant(['EU rejects German call to boycott British lamb.', 'U.S. troops, (Germany\'s) "won" 3,000.', ""]))
+    rows = [[t.decode() for t in row if t] for row in tokens.numpy()]
+    assert rows[0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    assert rows[1] == ["U.S.", "troops", ",", "(", "Germany", "'s", ")", '"', "won", '"', "3,000", "."]
+    assert rows[2] == []
