@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from rnnapps.data.text import (
@@ -43,3 +44,14 @@ def test_clip_sequence_length(tmp_path):
     check_layer(ClipSequenceLength(3), ids, tmp_path, expected_output_shape=(2, 3))
     empty = ClipSequenceLength(4, min_length=1)(np.zeros((2, 0), "int64"))
     assert tuple(empty.shape) == (2, 1)
+
+
+def test_clip_sequence_length_keeps_head_tail_or_both(tmp_path):
+    ids = np.array([[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 0, 0, 0, 0, 0]], "int64")
+    np.testing.assert_array_equal(ClipSequenceLength(4, keep="head")(ids), [[1, 2, 3, 4], [9, 10, 11, 0]])
+    np.testing.assert_array_equal(ClipSequenceLength(4, keep="tail")(ids), [[5, 6, 7, 8], [9, 10, 11, 0]])
+    np.testing.assert_array_equal(ClipSequenceLength(4, keep="head_tail")(ids), [[1, 6, 7, 8], [9, 10, 11, 0]])
+    np.testing.assert_array_equal(ClipSequenceLength(10, keep="tail")(ids), ids)
+    check_layer(ClipSequenceLength(4, keep="head_tail"), ids, tmp_path, expected_output_shape=(2, 4))
+    with pytest.raises(ValueError, match="keep"):
+        ClipSequenceLength(4, keep="middle")

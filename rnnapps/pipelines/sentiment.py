@@ -45,6 +45,8 @@ LABELS = ("negative", "positive")
 class SentimentConfig(TrainingConfig):
     vocab_size: int = 20000
     max_length: int = 400
+    # Which tokens of a longer review to keep: "head", "tail" or "head_tail" (first quarter + rest from the end).
+    truncation: str = "head_tail"
     embedding_dim: int = 128
     cell: str = "lstm"
     units: int = 64
@@ -109,7 +111,7 @@ class SentimentPipeline(Pipeline):
     def build_model(self, config: SentimentConfig, datasets: Datasets) -> keras.Model:
         text = keras.Input(shape=(), dtype="string", name="text")
         token_ids = make_vectorizer(datasets.info["vocabulary"])(text)
-        token_ids = ClipSequenceLength(config.max_length, name="clip_length")(token_ids)
+        token_ids = ClipSequenceLength(config.max_length, keep=config.truncation, name="clip_length")(token_ids)
         matrix = datasets.info.get("embedding_matrix")
         embedding = keras.layers.Embedding(
             len(datasets.info["vocabulary"]),
@@ -181,7 +183,10 @@ class SentimentPipeline(Pipeline):
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels over a ``(text, label)`` dataset, aligned batch by batch."""
     probabilities, labels = [], []
-    predict = tf.function(lambda text: model(text, training=False), reduce_retracing=True)
+    @tf.function(reduce_retracing=True)
+    def predict(text):
+        return model(text, training=False)
+
     for text, label in dataset:
         probabilities.append(np.reshape(predict(text).numpy(), [-1]))
         labels.append(label.numpy())
