@@ -18,6 +18,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "pixelrnn": ("rnnapps.pipelines.pixelrnn", "PixelRNN Row LSTM on binarized MNIST: likelihood and inpainting"),
     "ner": ("rnnapps.pipelines.ner", "CoNLL-2003 named entities: word+char BiLSTM-CRF, span F1"),
     "draw": ("rnnapps.pipelines.draw", "DRAW recurrent VAE with read/write attention (SVHN, binarized MNIST)"),
+    "translate": ("rnnapps.pipelines.translate", "Multi30k de→en (or Anki es→en): attention encoder–decoder, beam search, BLEU"),
 }
 
 

@@ -1,0 +1,633 @@
+"""Neural machine translation: attention encoder–decoder, beam search, corpus BLEU.
+
+What it does, in five bullets:
+
+* reads sentence pairs (Multi30k task 1, German→English by default, or Anki
+  Spanish→English with ``--set dataset=anki``) and builds source and target
+  vocabularies on train only with the project's one standardiser (lowercase,
+  punctuation split); the target vocabulary adds ``<s>`` and ``</s>``;
+* vectorises in ``tf.data`` (the model keeps its own source vectoriser, so the
+  export takes raw strings), drops training pairs longer than the length caps
+  and batches pairs of similar length together (bucketing);
+* embeds source tokens and reads them with a bidirectional GRU/LSTM stack; a
+  tanh bridge maps its final forward+backward states to the decoder's initial
+  state, and an attention decoder (Bahdanau or Luong scores, input feeding)
+  predicts each target token from the previous gold token (teacher forcing),
+  trained with masked cross-entropy, optional label smoothing and clipnorm;
+* translates with greedy search or beam search (GNMT length penalty) running
+  as graph loops, so the same code runs in evaluation and in the SavedModel;
+  ``[UNK]`` and ``<s>`` are never emitted, and the output is lightly
+  detokenised (no space before punctuation, hyphens rejoined);
+* reports corpus BLEU with ``sacrebleu`` on the test split (test2016 for
+  Multi30k) — lowercased, ``13a`` tokenisation, exponential smoothing (the
+  defaults), the raw references — for greedy and beam decoding, writes
+  attention heat maps of a few test sentences, and exports
+  ``serving_default(text) -> {translation}`` and
+  ``translate_with_attention(text) -> {translation, attention, source_tokens,
+  target_tokens}``.
+
+References: Bahdanau, Cho & Bengio 2015, "Neural Machine Translation by Jointly
+Learning to Align and Translate"; Luong, Pham & Manning 2015, "Effective
+Approaches to Attention-based Neural Machine Translation" (input feeding);
+Wu et al. 2016, "Google's Neural Machine Translation System" (length penalty);
+Szegedy et al. 2016 (label smoothing); Elliott et al. 2016, "Multi30K";
+Papineni et al. 2002 (BLEU) and Post 2018, "A Call for Clarity in Reporting
+BLEU Scores" (sacrebleu).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rnnapps import runtime
+from rnnapps.config import TrainingConfig
+from rnnapps.data.parallel_text import DATASETS, load_parallel_corpus
+from rnnapps.data.text import (
+    bucket_boundaries,
+    build_vocabulary,
+    make_vectorizer,
+    standardize_text,
+    token_counts,
+)
+from rnnapps.errors import ConfigError
+from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
+from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES, AttentionDecoder
+from rnnapps.models.decoding import beam_search_decode, greedy_decode
+from rnnapps.models.recurrent import RecurrentStack
+from rnnapps.models.sequence import ClipSequenceLength
+from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.ner import StopAfterMinutes
+
+START_TOKEN, END_TOKEN = "<s>", "</s>"
+# Target ids: 0 padding and 1 [UNK] (TextVectorization's), then the two markers.
+UNKNOWN_ID, START_ID, END_ID = 1, 2, 3
+# Sentences translated per call in evaluation.
+EVALUATION_BATCH = 100
+# Test sentences whose attention is plotted.
+PLOTTED_SENTENCES = 3
+BLEU_SETTINGS = {"lowercase": True, "tokenize": "13a"}
+
+
+@dataclasses.dataclass
+class TranslateConfig(TrainingConfig):
+    dataset: str = "multi30k"
+    # Languages (None: the dataset's default direction, into English).
+    source: str | None = None
+    target: str | None = None
+    # Vocabulary sizes, padding and [UNK] included (the target's also holds <s> and </s>).
+    source_vocab_size: int = 10000
+    target_vocab_size: int = 8000
+    # Training pairs with more tokens are dropped; longer sources are cut at translation time.
+    max_source_length: int = 40
+    max_target_length: int = 40
+    embedding_dim: int = 256
+    cell: str = "gru"
+    units: int = 256
+    encoder_depth: int = 1
+    attention: str = "bahdanau"
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    beam_width: int = 5
+    length_penalty: float = 0.6
+    max_decode_length: int = 50
+    bucket_width: int = 4
+    # Halve the learning rate when the validation loss stops improving (0 disables).
+    lr_decay_patience: int = 0
+    # Stop training (at the next batch) after this many minutes; None: no limit.
+    max_train_minutes: float | None = None
+    # XLA for the training step (the vectorisers run in tf.data, so the step is all math).
+    jit_compile: bool = False
+
+    PRESETS: ClassVar[dict] = {
+        "smoke": dict(epochs=3, batch_size=4, learning_rate=0.01, source_vocab_size=200, target_vocab_size=200,
+                      embedding_dim=8, units=8, dropout=0.0, label_smoothing=0.1, beam_width=2,
+                      max_decode_length=12, early_stopping_patience=0),
+        # Epochs are slices of 200 steps (~0.45 of Multi30k) so the learning rate decays and the best
+        # weights are kept at a finer grain than whole passes; the wall-clock cap ends training.
+        "cpu": dict(epochs=60, steps_per_epoch=200, batch_size=64, learning_rate=2e-3, clipnorm=1.0,
+                    embedding_dim=256, units=256, dropout=0.3, label_smoothing=0.1, early_stopping_patience=4,
+                    lr_decay_patience=1, max_train_minutes=50.0),
+        "full": dict(epochs=30, batch_size=128, learning_rate=1e-3, clipnorm=1.0, embedding_dim=512, units=512,
+                     cell="lstm", encoder_depth=2, dropout=0.3, label_smoothing=0.1, early_stopping_patience=5,
+                     lr_decay_patience=1, jit_compile=True),
+    }
+
+    def validate(self) -> None:
+        for name, value, choices in (
+            ("dataset", self.dataset, DATASETS),
+            ("cell", self.cell, DECODER_CELL_TYPES),
+            ("attention", self.attention, ATTENTION_TYPES),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        for name in ("source_vocab_size", "target_vocab_size", "max_source_length", "max_target_length",
+                     "embedding_dim", "units", "encoder_depth", "beam_width", "max_decode_length", "bucket_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        if self.length_penalty < 0:
+            raise ConfigError(f"length_penalty={self.length_penalty!r} must be >= 0")
+
+
+# --- text ↔ ids ------------------------------------------------------------------------------
+
+def target_vocabulary(texts, max_tokens: int) -> list[str]:
+    """Padding, ``[UNK]``, ``<s>``, ``</s>``, then the most frequent target tokens (``max_tokens`` in all).
+
+    The markers cannot collide with a real token: the standardiser splits
+    ``<`` and ``/`` off words.
+    """
+    vocabulary = build_vocabulary(texts, max(max_tokens - 2, 2))
+    return [*vocabulary[:2], START_TOKEN, END_TOKEN, *vocabulary[2:]]
+
+
+def teacher_forcing_pair(target_ids, max_length: int):
+    """``(decoder_input, labels)`` from padded target ids: ``<s> w1..wn`` and ``w1..wn </s>``.
+
+    ``target_ids`` is int ``(batch, time)`` with 0 after each sentence; both
+    outputs are int32 ``(batch, min(time, max_length) + 1)``.
+    """
+    ids = tf.cast(target_ids[:, :max_length], tf.int32)
+    lengths = tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)
+    decoder_input = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids], axis=1)
+    padded = tf.pad(ids, [[0, 0], [0, 1]])
+    positions = tf.range(tf.shape(padded)[1])[tf.newaxis, :]
+    labels = tf.where(positions == lengths[:, tf.newaxis], END_ID, padded)
+    return decoder_input, labels
+
+
+def detokenize(text):
+    """Undo the standardiser's spacing where English writes none (``bike .`` → ``bike.``, ``t - shirt`` → ``t-shirt``)."""
+    text = tf.strings.regex_replace(text, r" ([.,!?;:%)\]])", r"\1")
+    text = tf.strings.regex_replace(text, r"([(\[]) ", r"\1")
+    return tf.strings.regex_replace(text, r"(\w) - (\w)", r"\1-\2")
+
+
+def source_tokens(text, max_length: int):
+    """The standardised source tokens the model reads, ``""``-padded, ``(batch, time >= 1)``."""
+    tokens = tf.strings.split(standardize_text(tf.reshape(text, [-1])))[:, :max_length].to_tensor("")
+    return tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - tf.shape(tokens)[1], 0)]], constant_values="")
+
+
+def pair_dataset(pairs, source_vectorizer, target_vectorizer, config: TranslateConfig, training: bool) -> tf.data.Dataset:
+    """``({"source", "target"}, labels)`` batches of similar length: cache → shuffle → bucket → vectorise → prefetch."""
+    sources = [source for source, _ in pairs]
+    targets = [target for _, target in pairs]
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((sources, targets))
+        .batch(1024)
+        .map(lambda s, t: (s, t, token_counts(s), token_counts(t)), tf.data.AUTOTUNE)
+        .unbatch()
+    )
+    if training:
+        # Length filtering: long pairs cost the most padded steps and teach the least.
+        dataset = dataset.filter(
+            lambda s, t, ls, lt: (ls <= config.max_source_length) & (lt <= config.max_target_length)
+        )
+    dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(len(pairs), seed=config.seed, reshuffle_each_iteration=True)
+    longest = max(config.max_source_length, config.max_target_length)
+    boundaries = bucket_boundaries(longest, config.bucket_width)
+    dataset = dataset.bucket_by_sequence_length(
+        element_length_func=lambda s, t, ls, lt: tf.maximum(ls, lt),
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[config.batch_size] * (len(boundaries) + 1),
+        no_padding=True,
+    )
+
+    def vectorize(source, target, source_length, target_length):
+        source_ids = tf.cast(source_vectorizer(source)[:, : config.max_source_length], tf.int32)
+        source_ids = tf.pad(source_ids, [[0, 0], [0, tf.maximum(1 - tf.shape(source_ids)[1], 0)]])
+        decoder_input, labels = teacher_forcing_pair(target_vectorizer(target), config.max_target_length)
+        return {"source": source_ids, "target": decoder_input}, labels
+
+    return dataset.map(vectorize, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# --- the model -------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class Translator(keras.Model):
+    """Attention encoder–decoder from raw source strings to target strings.
+
+    Calling the model runs teacher forcing on token ids and returns float32
+    logits ``(batch, target_time, target_vocab)``, which is what ``fit``
+    trains; :meth:`compute_loss` is the mean masked cross-entropy per target
+    token (with label smoothing). :meth:`translate` decodes raw strings with
+    greedy (``beam_width=1``) or beam search, in the graph. The vocabularies
+    travel in the config, so a reloaded model translates without other files.
+
+    Args:
+        source_vocabulary: source tokens, ``""`` and ``[UNK]`` first.
+        target_vocabulary: target tokens, ``""``, ``[UNK]``, ``<s>``, ``</s>`` first.
+        embedding_dim, cell, units, encoder_depth, attention, dropout,
+        label_smoothing, max_source_length, max_decode_length, beam_width,
+        length_penalty: as in :class:`TranslateConfig`.
+        seed: seed of the dropout masks.
+
+    Call arguments:
+        inputs: ``{"source": int (batch, Ts), "target": int (batch, Tt)}``;
+            0 = padding, ``target`` starts with ``<s>``.
+        training: whether dropout is active.
+
+    Example:
+
+    >>> model = Translator(["", "[UNK]", "hallo"], ["", "[UNK]", "<s>", "</s>", "hello"], embedding_dim=4, units=4)
+    >>> model.translate(tf.constant(["Hallo!"]), beam_width=2, max_length=3)["translation"].shape
+    TensorShape([1])
+    """
+
+    def __init__(
+        self,
+        source_vocabulary,
+        target_vocabulary,
+        embedding_dim: int = 256,
+        cell: str = "gru",
+        units: int = 256,
+        encoder_depth: int = 1,
+        attention: str = "bahdanau",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        max_source_length: int = 50,
+        max_decode_length: int = 50,
+        beam_width: int = 5,
+        length_penalty: float = 0.6,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.source_vocabulary = [str(token) for token in source_vocabulary]
+        self.target_vocabulary = [str(token) for token in target_vocabulary]
+        if self.target_vocabulary[2:4] != [START_TOKEN, END_TOKEN]:
+            raise ValueError(
+                f"Expected target_vocabulary[2:4] == {[START_TOKEN, END_TOKEN]} (see target_vocabulary()). "
+                f"Received: {self.target_vocabulary[:4]}"
+            )
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"Expected 0 <= label_smoothing < 1. Received: label_smoothing={label_smoothing}")
+        self.embedding_dim = int(embedding_dim)
+        self.cell = cell
+        self.units = int(units)
+        self.encoder_depth = int(encoder_depth)
+        self.attention = attention
+        self.dropout = float(dropout)
+        self.label_smoothing = float(label_smoothing)
+        self.max_source_length = int(max_source_length)
+        self.max_decode_length = int(max_decode_length)
+        self.beam_width = int(beam_width)
+        self.length_penalty = float(length_penalty)
+        self.seed = seed
+        source_size, target_size = len(self.source_vocabulary), len(self.target_vocabulary)
+
+        self.source_vectorizer = make_vectorizer(self.source_vocabulary, name="source_vectorizer")
+        self.source_clip = ClipSequenceLength(self.max_source_length, name="source_clip")
+        self.source_embedding = keras.layers.Embedding(source_size, self.embedding_dim, name="source_embedding")
+        self.target_embedding = keras.layers.Embedding(target_size, self.embedding_dim, name="target_embedding")
+        self.embedding_dropout = keras.layers.Dropout(self.dropout, seed=seed, name="embedding_dropout")
+        self.encoder = RecurrentStack(
+            self.units, cell=cell, depth=self.encoder_depth, bidirectional=True, dropout=self.dropout,
+            return_sequences=True, return_state=True, seed=seed, name="encoder",
+        )
+        # One tanh layer per decoder state, from that state's [forward; backward] final encoder states.
+        self.bridges = [
+            keras.layers.Dense(self.units, activation="tanh", name=f"bridge_{index}")
+            for index in range(2 if cell == "lstm" else 1)
+        ]
+        self.decoder = AttentionDecoder(self.units, cell=cell, attention=attention, name="decoder")
+        self.output_dropout = keras.layers.Dropout(self.dropout, seed=None if seed is None else seed + 1,
+                                                   name="output_dropout")
+        # float32 logits keep the softmax and the loss numerically safe under mixed precision.
+        self.projection = keras.layers.Dense(target_size, dtype="float32", name="projection")
+
+        self.source_embedding.build((None, None))
+        self.target_embedding.build((None, None))
+        self.encoder.build((None, None, self.embedding_dim))
+        for bridge in self.bridges:
+            bridge.build((None, 2 * self.units))
+        self.decoder.build((None, None, self.embedding_dim), (None, None, 2 * self.units))
+        self.projection.build((None, self.units))
+        # Every weight exists now: a reloaded model restores them without a forward pass.
+        self.built = True
+
+    # -- training -----------------------------------------------------------------------------
+
+    def encode(self, source_ids, training=False):
+        """Memory ``(batch, Ts, 2·units)``, its mask and the decoder's initial state list."""
+        source_ids = tf.cast(source_ids, tf.int32)
+        mask = tf.not_equal(source_ids, 0)
+        embedded = self.embedding_dropout(self.source_embedding(source_ids), training=training)
+        memory, *final_states = self.encoder(embedded, mask=mask, training=training)
+        per_direction = len(final_states) // 2
+        forward, backward = final_states[:per_direction], final_states[per_direction:]
+        initial = [bridge(tf.concat([f, b], axis=-1)) for bridge, f, b in zip(self.bridges, forward, backward, strict=True)]
+        return memory, mask, initial
+
+    def call(self, inputs, training=False):
+        memory, source_mask, initial = self.encode(inputs["source"], training=training)
+        target_ids = tf.cast(inputs["target"], tf.int32)
+        embedded = self.embedding_dropout(self.target_embedding(target_ids), training=training)
+        outputs = self.decoder(
+            embedded, memory, initial_state=initial, inputs_mask=tf.not_equal(target_ids, 0),
+            encoder_outputs_mask=source_mask, training=training,
+        )
+        return self.projection(self.output_dropout(outputs, training=training))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = tf.cast(y, tf.int32)
+        log_probs = tf.nn.log_softmax(tf.cast(y_pred, tf.float32), axis=-1)
+        nll = -tf.gather(log_probs, labels, batch_dims=2)
+        if self.label_smoothing:
+            # Cross-entropy against (1-ε)·one_hot + ε/V, without building the one-hot tensor.
+            nll = (1.0 - self.label_smoothing) * nll - self.label_smoothing * tf.reduce_mean(log_probs, axis=-1)
+        weights = tf.cast(tf.not_equal(labels, 0), tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
+        return tf.reduce_sum(nll * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def decode(self, text, beam_width: int | None = None, max_length: int | None = None):
+        """Decode raw strings: a :class:`~rnnapps.models.decoding.DecodeResult` plus the source ids."""
+        beam_width = self.beam_width if beam_width is None else int(beam_width)
+        max_length = self.max_decode_length if max_length is None else int(max_length)
+        text = tf.reshape(tf.convert_to_tensor(text, tf.string), [-1])
+        source_ids = tf.cast(self.source_clip(self.source_vectorizer(text)), tf.int32)
+        memory, mask, initial = self.encode(source_ids)
+        cell = self.decoder.cell
+        batch = tf.shape(source_ids)[0]
+        states = {
+            "decoder": [*initial, tf.zeros([batch, self.units], initial[0].dtype)],
+            "memory": memory,
+            "mask": mask,
+            "keys": cell.precompute_keys(memory),
+        }
+        vocabulary_size = len(self.target_vocabulary)
+        # [UNK] and <s> are never worth emitting: the next best word scores better in BLEU and reads better.
+        banned = tf.reduce_any(tf.equal(tf.range(vocabulary_size)[:, tf.newaxis], [UNKNOWN_ID, START_ID]), axis=1)
+
+        def step_fn(tokens, states):
+            outputs, decoder_states, weights = self.decoder.step(
+                self.target_embedding(tokens), states["decoder"], states["memory"], states["mask"], states["keys"],
+                training=False,
+            )
+            logits = tf.where(banned, -1e9, tf.cast(self.projection(outputs), tf.float32))
+            return tf.nn.log_softmax(logits), {**states, "decoder": decoder_states}, weights
+
+        if beam_width == 1:
+            result = greedy_decode(step_fn, states, START_ID, END_ID, max_length, batch_size=batch)
+        else:
+            result = beam_search_decode(step_fn, states, START_ID, END_ID, max_length, beam_width,
+                                        length_penalty=self.length_penalty)
+        return result, source_ids
+
+    def translate(self, text, beam_width: int | None = None, max_length: int | None = None):
+        """``{translation, attention, source_tokens, target_tokens, lengths}`` for raw strings ``(batch,)``.
+
+        ``attention`` is float32 ``(batch, steps, source_time)``; row *i* is the
+        attention when emitting ``target_tokens[:, i]`` (the last real row emits
+        ``</s>``). ``translation`` excludes ``</s>`` and is detokenised.
+        """
+        result, source_ids = self.decode(text, beam_width, max_length)
+        steps = tf.maximum(tf.reduce_max(result.lengths), 1)
+        ids = result.ids[:, :steps]
+        vocabulary = tf.constant(self.target_vocabulary)
+        tokens = tf.gather(vocabulary, ids)
+        words = tf.ragged.boolean_mask(tokens, (ids != 0) & (ids != END_ID))
+        translation = detokenize(tf.strings.reduce_join(words, axis=1, separator=" "))
+        sources = source_tokens(text, self.max_source_length)
+        return {
+            "translation": translation,
+            "attention": tf.cast(result.extras[:, :steps, :], tf.float32),
+            "source_tokens": sources[:, : tf.shape(source_ids)[1]],
+            "target_tokens": tokens,
+            "lengths": result.lengths,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            source_vocabulary=list(self.source_vocabulary),
+            target_vocabulary=list(self.target_vocabulary),
+            embedding_dim=self.embedding_dim,
+            cell=self.cell,
+            units=self.units,
+            encoder_depth=self.encoder_depth,
+            attention=self.attention,
+            dropout=self.dropout,
+            label_smoothing=self.label_smoothing,
+            max_source_length=self.max_source_length,
+            max_decode_length=self.max_decode_length,
+            beam_width=self.beam_width,
+            length_penalty=self.length_penalty,
+            seed=self.seed,
+        )
+        return config
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+def corpus_bleu(hypotheses, references) -> dict:
+    """sacrebleu corpus BLEU (lowercased, 13a) with its signature string."""
+    import sacrebleu
+
+    metric = sacrebleu.metrics.BLEU(**BLEU_SETTINGS)
+    score = metric.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": round(float(score.score), 2), "signature": str(metric.get_signature())}
+
+
+def translate_texts(model: Translator, texts, beam_width: int, batch_size: int = EVALUATION_BATCH) -> list[str]:
+    """Translations of a list of strings, in batches, through one traced function."""
+    function = tf.function(
+        lambda text: model.translate(text, beam_width=beam_width)["translation"],
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
+    translations = []
+    for start in range(0, len(texts), batch_size):
+        batch = function(tf.constant(list(texts[start : start + batch_size])))
+        translations.extend(item.decode("utf-8") for item in batch.numpy())
+    return translations
+
+
+def plot_attention(outputs: dict, index: int, path, title: str = "") -> Path:
+    """The heat map of sentence ``index`` of :meth:`Translator.translate`'s outputs (target × source tokens)."""
+    from rnnapps import plots
+
+    def strings(row):
+        return [token.decode("utf-8") for token in np.asarray(row) if token]
+
+    source = strings(outputs["source_tokens"][index]) or ["(empty)"]
+    target = strings(outputs["target_tokens"][index]) or ["(empty)"]
+    weights = np.asarray(outputs["attention"][index])[: len(target), : len(source)]
+    return plots.heatmap(weights, target, source, path, title=title)
+
+
+class TranslatePipeline(Pipeline):
+    name = "translate"
+    config_class = TranslateConfig
+    monitor = "val_loss"
+    monitor_mode = "min"
+
+    def load_data(self, config: TranslateConfig, data_dir: Path | None) -> Datasets:
+        config.validate()
+        corpus = load_parallel_corpus(config.dataset, config.source, config.target, data_dir, seed=config.seed)
+        train = corpus["train"][: config.max_train_examples] if config.max_train_examples else corpus["train"]
+        source_vocabulary = build_vocabulary([source for source, _ in train], config.source_vocab_size)
+        target_tokens = target_vocabulary([target for _, target in train], config.target_vocab_size)
+        source_vectorizer = make_vectorizer(source_vocabulary, name="source_vectorizer")
+        target_vectorizer = make_vectorizer(target_tokens, name="target_vectorizer")
+        make = lambda pairs, training: pair_dataset(  # noqa: E731
+            pairs, source_vectorizer, target_vectorizer, config, training
+        )
+        return Datasets(
+            train=make(train, True),
+            validation=make(corpus["validation"], False),
+            test=make(corpus["test"], False),
+            info={
+                "source_vocabulary": source_vocabulary,
+                "target_vocabulary": target_tokens,
+                "pairs": {"validation": corpus["validation"], "test": corpus["test"]},
+                "sizes": {"train": len(train), "validation": len(corpus["validation"]), "test": len(corpus["test"])},
+            },
+        )
+
+    def build_model(self, config: TranslateConfig, datasets: Datasets) -> keras.Model:
+        config.validate()
+        model = Translator(
+            datasets.info["source_vocabulary"],
+            datasets.info["target_vocabulary"],
+            embedding_dim=config.embedding_dim,
+            cell=config.cell,
+            units=config.units,
+            encoder_depth=config.encoder_depth,
+            attention=config.attention,
+            dropout=config.dropout,
+            label_smoothing=config.label_smoothing,
+            max_source_length=config.max_source_length,
+            max_decode_length=config.max_decode_length,
+            beam_width=config.beam_width,
+            length_penalty=config.length_penalty,
+            seed=config.seed,
+            name="translator",
+        )
+        model.compile(optimizer=runtime.make_optimizer(config), jit_compile=config.jit_compile)
+        return model
+
+    def extra_callbacks(self, model, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> list:
+        callbacks = []
+        if config.lr_decay_patience:
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config.lr_decay_patience - 1, min_lr=1e-5, verbose=0
+            ))
+        if config.max_train_minutes:
+            callbacks.append(StopAfterMinutes(config.max_train_minutes))
+        return callbacks
+
+    def evaluate(self, model: Translator, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> dict:
+        pairs = datasets.info["pairs"]["test"]
+        sources = [source for source, _ in pairs]
+        references = [target for _, target in pairs]
+        metrics = {"test_examples": len(pairs), "bleu_settings": dict(BLEU_SETTINGS)}
+        samples = {}
+        for name, width in (("greedy", 1), ("beam", config.beam_width)):
+            hypotheses = translate_texts(model, sources, width)
+            scores = corpus_bleu(hypotheses, references)
+            metrics[f"test_bleu_{name}"] = scores["bleu"]
+            metrics["bleu_signature"] = scores["signature"]
+            samples[name] = hypotheses
+        metrics["beam_width"] = config.beam_width
+        (run_dir / "test_translations.jsonl").write_text("".join(
+            json.dumps({"source": s, "reference": r, "greedy": g, "beam": b}, ensure_ascii=False) + "\n"
+            for s, r, g, b in zip(sources, references, samples["greedy"], samples["beam"], strict=True)
+        ))
+        plotted = sources[:PLOTTED_SENTENCES]
+        outputs = {key: value.numpy() for key, value in model.translate(tf.constant(plotted)).items()}
+        metrics["attention_plots"] = [
+            str(plot_attention(outputs, index, run_dir / f"attention_{index}.png", title=plotted[index][:60]))
+            for index in range(len(plotted))
+        ]
+        return metrics
+
+    def serving(self, model: Translator, config) -> dict[str, Endpoint]:
+        text_spec = [tf.TensorSpec([None], tf.string, name="text")]
+
+        def translate(text):
+            return {"translation": model.translate(text)["translation"]}
+
+        def translate_with_attention(text):
+            outputs = model.translate(text)
+            return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
+
+        def translate_greedy(text):
+            outputs = model.translate(text, beam_width=1)
+            return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
+
+        return {
+            "serving_default": Endpoint(translate, text_spec),
+            "translate_with_attention": Endpoint(translate_with_attention, text_spec),
+            "translate_greedy": Endpoint(translate_greedy, text_spec),
+        }
+
+
+def _keras_model_for(model_path: Path):
+    """The Keras model behind an export (its run's ``model.keras``), for beam widths the export lacks."""
+    run_dir = read_metadata(model_path).get("run_dir")
+    keras_file = Path(run_dir) / "model.keras" if run_dir else None
+    if keras_file is None or not keras_file.exists():
+        raise click.ClickException(
+            f"--beam-width needs the Keras model of the run that made {str(model_path)!r} "
+            f"({keras_file or 'no run recorded'} not found); omit --beam-width to use the exported beam width"
+        )
+    return keras.saving.load_model(keras_file)
+
+
+@click.command("translate")
+@click.argument("texts", nargs=-1)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Save the attention heat map of the first text as this PNG.")
+@click.option("--beam-width", type=click.IntRange(min=1),
+              help="Beam width (default: the export's; 1 is greedy search).")
+@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
+              help="A SavedModel version directory (default: the latest under --export-dir).")
+@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+def predict_command(texts, plot_path, beam_width, model_path, export_dir):
+    """Translate TEXTS (or lines from stdin), one translation a line.
+
+    \b
+    Examples:
+      rnnapps predict translate "Ein Mann fährt Fahrrad."
+      rnnapps predict translate --plot attention.png --beam-width 1 "Zwei Hunde spielen im Schnee."
+    """
+    if not texts:
+        if sys.stdin.isatty():
+            raise click.UsageError("give texts to translate as arguments or pipe them in, one per line")
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    model_path = Path(model_path or latest_export(export_dir, "translate"))
+    exported_width = read_metadata(model_path).get("config", {}).get("beam_width")
+    batch = tf.constant(list(texts), tf.string)
+    if beam_width is not None and beam_width not in (1, exported_width):
+        model = _keras_model_for(model_path)
+        outputs = {key: value.numpy() for key, value in model.translate(batch, beam_width=beam_width).items()}
+    else:
+        loaded = load_export(model_path)
+        signature = "translate_greedy" if beam_width == 1 and exported_width != 1 else "translate_with_attention"
+        outputs = {key: value.numpy() for key, value in loaded.signatures[signature](text=batch).items()}
+    for translation in outputs["translation"]:
+        click.echo(translation.decode("utf-8"))
+    if plot_path:
+        plot_attention(outputs, 0, plot_path, title=texts[0][:60])
+        click.echo(f"attention plot: {plot_path}", err=True)
+
+
+PIPELINE = TranslatePipeline()
+PIPELINE.predict_command = predict_command
