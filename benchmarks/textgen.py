@@ -6,7 +6,8 @@ times ``generate``. Writes ``benchmarks/results/textgen.json``.
 
 Usage:
     python benchmarks/textgen.py --data-dir /work/shared/data
-    python benchmarks/textgen.py --data-dir /work/shared/data --preset smoke --set epochs=1   # a quick check
+    python benchmarks/textgen.py --data-dir /work/shared/data --preset smoke --set steps_per_epoch=5  # quick check
+    python benchmarks/textgen.py --data-dir unused --table   # the docs table of the saved results
 """
 
 from __future__ import annotations
@@ -42,6 +43,29 @@ def generation_speed(loaded, length: int, repeats: int = 3) -> float:
     return statistics.median(speeds)
 
 
+def markdown_table(report: dict) -> str:
+    """The docs/textgen.md table for one results JSON."""
+    config = report["config"]
+    model = f"{config['depth']}x{config['units']} {config['cell'].upper()}, emb {config['embedding_dim']}"
+    rows = [
+        ("model", model),
+        ("batch x sequence length", f"{config['batch_size']} x {config['sequence_length']}"),
+        ("epochs run (of max)", f"{report['epochs_run']} ({config['epochs']})"),
+        ("validation nats/char (bits/char)",
+         f"{report['validation_nats_per_char']:.3f} ({report['validation_bits_per_char']:.3f})"),
+        ("test nats/char (bits/char)", f"{report['test_nats_per_char']:.3f} ({report['test_bits_per_char']:.3f})"),
+        ("target: test <= 1.55 nats/char in <= 20 min wall", "met" if report["target_met"] else "missed"),
+        ("wall time (train + evaluate + export)", f"{report['wall_seconds'] / 60:.1f} min"),
+        ("training speed", f"{report['train_chars_per_second']:,} chars/s"),
+        ("generation speed (reloaded SavedModel, 1 row)", f"{report['generation_chars_per_second']:,} chars/s"),
+        ("load average at start / end", f"{report['machine']['load_average_at_start'][0]} / "
+                                        f"{report['machine']['load_average_at_end'][0]} "
+                                        f"({report['machine']['cpus']} CPUs)"),
+    ]
+    lines = ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="Folder holding shakespeare/input.txt.")
@@ -50,7 +74,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--work-dir", default=str(Path(__file__).parent / "work" / "textgen"),
                         help="Runs and exports go here (git-ignored).")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--table", action="store_true", help="Only print the markdown table of --results.")
     arguments = parser.parse_args(argv)
+    if arguments.table:
+        report = json.loads(Path(arguments.results).read_text())
+        print(markdown_table(report))
+        return report
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -117,7 +146,7 @@ def main(argv=None) -> dict:
     }
     Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.results).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps({key: value for key, value in report.items() if key not in ("config", "sample")}, indent=2))
+    print(markdown_table(report))
     print(report["sample"])
     return report
 
