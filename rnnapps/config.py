@@ -44,6 +44,8 @@ class TrainingConfig:
     steps_per_epoch: int | None = None
     # Use at most this many training examples (None: all); for quick experiments.
     max_train_examples: int | None = None
+    # Stop training after this many minutes (None: no limit); the best epoch's weights are kept.
+    time_budget_minutes: float | None = None
 
 
 def _field_types(config_cls: type) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -137,7 +138,32 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def training_callbacks(run_dir: Path, monitor: str, mode: str, patience: int, extra=()) -> list:
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training once ``minutes`` of wall time have passed since ``fit`` began.
+
+    The check runs after every batch, so a budget is kept to within one step.
+    With early stopping on, the best epoch's weights are restored afterwards.
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        if minutes <= 0:
+            raise ConfigError(f"time_budget_minutes must be > 0, got {minutes}")
+        self.seconds = minutes * 60.0
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self.started >= self.seconds:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def training_callbacks(
+    run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None
+) -> list:
     """Checkpoints, resume backups, logs, early stopping and NaN detection."""
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
@@ -152,6 +178,8 @@ def training_callbacks(run_dir: Path, monitor: str, mode: str, patience: int, ex
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
         StopOnNaN(),
     ]
+    if time_budget_minutes:
+        callbacks.append(TimeBudget(time_budget_minutes))
     if patience and patience > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True)
@@ -167,7 +195,10 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
     Raises :class:`TrainingError` when the loss became NaN.
     """
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    callbacks = training_callbacks(run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks)
+    callbacks = training_callbacks(
+        run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks,
+        time_budget_minutes=getattr(config, "time_budget_minutes", None),
+    )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():
         # tf.data datasets are shuffled by the pipeline, and bucketed ones have unknown length

@@ -95,3 +95,14 @@ def test_mixed_precision_keeps_float32_outputs(restore_policy):
     output = model(tf.constant(["good movie", ""]))
     assert output.dtype == tf.float32
     assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+
+
+def test_time_budget_stops_training_and_keeps_history(tmp_path):
+    class Budget(_Config):
+        epochs = 50
+        time_budget_minutes = 1e-9
+
+    runtime.fit(_toy_model(), _toy_datasets(), Budget, tmp_path, "val_loss", "min", verbose=0)
+    assert len(runtime.read_history(tmp_path / "history.csv")["loss"]) == 1
+    with pytest.raises(ConfigError, match="time_budget_minutes"):
+        runtime.TimeBudget(0)

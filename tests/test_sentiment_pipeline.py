@@ -131,3 +131,19 @@ def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
     np.testing.assert_allclose(table[vocabulary.index("wonderful")], [1, 2, 3])
     np.testing.assert_allclose(table[vocabulary.index("awful")], [-1, -2, -3])
     np.testing.assert_allclose(table[0], [0, 0, 0])
+
+
+def test_missing_optional_embeddings_warn_and_train_from_scratch(tmp_path):
+    from rnnapps.config import resolve_config
+    from rnnapps.errors import DataNotFoundError
+    from rnnapps.pipelines.sentiment import PIPELINE
+
+    optional = resolve_config(
+        PIPELINE.config_class, "smoke", set_options={"embeddings": "glove/absent.txt", "embeddings_optional": "true"}
+    )
+    with pytest.warns(UserWarning, match="training the embedding from scratch"):
+        datasets = PIPELINE.load_data(optional, FIXTURES)
+    assert "embedding_matrix" not in datasets.info
+    required = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": "glove/absent.txt"})
+    with pytest.raises(DataNotFoundError, match="glove/absent.txt"):
+        PIPELINE.load_data(required, FIXTURES)

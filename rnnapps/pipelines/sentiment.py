@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +34,7 @@ from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
 from rnnapps.data.embeddings import read_word_vectors
 from rnnapps.data.sources import resolve_path
+from rnnapps.errors import DataNotFoundError
 from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
 from rnnapps.export import Endpoint, latest_export, load_export
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
@@ -64,6 +66,9 @@ class SentimentConfig(TrainingConfig):
     # a relative path is looked up in the data directory too. Sets embedding_dim.
     embeddings: str | None = None
     embeddings_trainable: bool = True
+    # When the embeddings file is missing: warn and train the embedding from scratch instead of
+    # stopping. The cpu preset sets it, so a run without the GloVe file still works (less well).
+    embeddings_optional: bool = False
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=400, max_length=48, embedding_dim=8, units=8,
@@ -95,9 +100,18 @@ class SentimentPipeline(Pipeline):
             "sizes": {"train": len(train_texts), "validation": len(val_texts), "test": len(test_texts)},
         }
         if config.embeddings:
-            info["embedding_matrix"] = read_word_vectors(
-                resolve_path(config.embeddings, data_dir), vocabulary, seed=config.seed
-            )
+            try:
+                vectors_path = resolve_path(config.embeddings, data_dir)
+            except DataNotFoundError as error:
+                if not config.embeddings_optional:
+                    raise
+                warnings.warn(
+                    f"{error}; training the embedding from scratch, which costs about 1-2 points of test "
+                    "accuracy (docs/benchmarks.md). Put the file in the data directory, or --set embeddings=none.",
+                    stacklevel=2,
+                )
+            else:
+                info["embedding_matrix"] = read_word_vectors(vectors_path, vocabulary, seed=config.seed)
         make = lambda texts, labels, shuffle: text_label_dataset(  # noqa: E731
             texts, labels, config.batch_size, config.max_length, config.bucket_width, shuffle, config.seed
         )
