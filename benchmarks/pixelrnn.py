@@ -26,7 +26,7 @@ import tensorflow as tf
 from rnnapps.config import parse_set_options
 from rnnapps.data.images import load_images
 from rnnapps.export import load_export
-from rnnapps.pipelines.pixelrnn import occlusion_mask, write_inpainting_grid
+from rnnapps.pipelines.pixelrnn import occlusion_mask, spread_indices, write_inpainting_grid
 from rnnapps.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,8 +111,9 @@ def main() -> None:
         inpaint(seed=tf.constant(seed), **inputs)["images"].numpy()
         timings.append(time.perf_counter() - tick)
 
-    # The docs picture: 8 test digits, lower half hidden, 3 completions each, through the SavedModel.
-    originals = test_images[:8]
+    # The docs picture: 8 test digits spread over the (digit-ordered) test file, lower half hidden,
+    # 3 completions each, through the SavedModel.
+    originals = test_images[spread_indices(len(test_images), 8)]
     grid_known = occlusion_mask(originals.shape, "bottom")
     completions = inpaint(images=tf.constant(np.repeat(originals, 3, axis=0)),
                           mask=tf.constant(np.repeat(grid_known, 3, axis=0)), seed=tf.constant(0))["images"].numpy()

@@ -155,7 +155,7 @@ class PixelRNNPipeline(Pipeline):
         }
         test_images = datasets.info.get("test_images")
         if test_images is not None and config.inpaint_examples > 0:
-            originals = test_images[: config.inpaint_examples]
+            originals = test_images[spread_indices(len(test_images), config.inpaint_examples)]
             known = occlusion_mask(originals.shape, "bottom")
             completions = inpaint_numpy(model, originals, known, samples=2, seed=config.seed)
             write_inpainting_grid(originals, known, completions, run_dir / "inpainting.png")
@@ -338,6 +338,11 @@ def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
     return mask
 
 
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """``count`` indices spread evenly over ``range(total)``: the binarized MNIST test file is ordered by digit."""
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
 def inpaint_numpy(model, images: np.ndarray, known: np.ndarray, samples: int = 1, seed: int = 0) -> np.ndarray:
     """``samples`` completions of each uint8 0/1 image ``(N, H, W, 1)``: uint8 ``(N, samples, H, W, 1)``."""
     repeated = np.repeat(images.astype("float32"), samples, axis=0)
@@ -408,7 +413,8 @@ def _read_png(path: str) -> np.ndarray:
 @click.command("pixelrnn")
 @click.option("--occlude", default="bottom", show_default=True,
               help="Hidden region: bottom[-half], right[-half], random, or box:r0,c0,r1,c1.")
-@click.option("--count", default=8, show_default=True, type=click.IntRange(1, 256), help="Test images to inpaint.")
+@click.option("--count", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Test images to inpaint, spread evenly over the test split.")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 16),
               help="Completions per image.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (same seed, same completions).")
@@ -439,7 +445,7 @@ def predict_command(occlude, count, samples, seed, image_paths, data_dir, model_
         dataset_config = read_metadata(path).get("config", {})
         splits = load_images(dataset_config.get("dataset", "binarized_mnist"), data_dir,
                              binarize=dataset_config.get("binarize", "fixed"), seed=dataset_config.get("seed", 0))
-        originals = splits["test"][:count]
+        originals = splits["test"][spread_indices(len(splits["test"]), count)]
     known = occlusion_mask(originals.shape, occlude, seed)
     completions = loaded.signatures["inpaint"](
         images=tf.constant(np.repeat(originals, samples, axis=0)),
