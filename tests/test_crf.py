@@ -185,3 +185,34 @@ def test_loss_gradient_and_decoding_compile_with_xla():
     assert_all_close(loss, crf.loss(emissions, tags, mask), atol=1e-5)
     assert all(np.isfinite(g.numpy()).all() for g in gradients)
     assert_all_close(decoded, crf(emissions, mask=mask))
+
+
+@pytest.mark.parametrize("boundaries", [True, False])
+def test_decoding_with_unknown_time_in_a_signature_and_after_saved_model_reload(tmp_path, boundaries):
+    """Serving signatures leave the time axis unknown; Keras' ops.scan over several sequences cannot trace that."""
+    crf, weights = _random_crf(12, boundaries)
+    signature = [tf.TensorSpec([None, None, NUM_TAGS], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+    module = tf.Module()
+    module.crf = crf
+    module.decode = tf.function(
+        lambda emissions, mask: {"tags": crf(emissions, mask=mask), "best": crf.viterbi_decode(emissions, mask)[1]},
+        input_signature=signature,
+    )
+    tf.saved_model.save(module, str(tmp_path / "decoder"))
+    reloaded = tf.saved_model.load(str(tmp_path / "decoder"))
+    rng = np.random.default_rng(13)
+    for time_steps, lengths in ((1, [1, 0]), (5, [5, 3, 1, 0])):
+        emissions = rng.normal(size=(len(lengths), time_steps, NUM_TAGS)).astype("float32")
+        mask = np.arange(time_steps)[None, :] < np.array(lengths)[:, None]
+        for decode in (module.decode, reloaded.decode):
+            outputs = decode(tf.constant(emissions), tf.constant(mask))
+            tags, best = outputs["tags"].numpy(), outputs["best"].numpy()
+            assert tags.shape == (len(lengths), time_steps) and tags.dtype == np.int32
+            for row, length in enumerate(lengths):
+                assert (tags[row, length:] == 0).all()
+                if length == 0:
+                    assert best[row] == 0.0
+                    continue
+                paths, scores = _all_scores(emissions[row, :length], weights)
+                np.testing.assert_array_equal(tags[row, :length], paths[int(scores.argmax())])
+                np.testing.assert_allclose(best[row], scores.max(), rtol=1e-5, atol=1e-5)

@@ -23,10 +23,12 @@ class CRF(keras.layers.Layer):
     path with Viterbi (Lafferty et al. 2001, "Conditional Random Fields";
     Lample et al. 2016, "Neural Architectures for Named Entity Recognition").
 
-    Both loops run over time with ``keras.ops.scan``, so they trace inside a
-    ``tf.function`` and export in a SavedModel. All CRF arithmetic is float32,
-    also under a mixed-precision policy: log-partition sums over many tags and
-    steps overflow float16.
+    The forward algorithm is a bounded while loop (differentiable under XLA)
+    and Viterbi a pair of ``keras.ops.scan`` over the step indices; both trace
+    inside a ``tf.function`` whose time length is unknown (a serving signature)
+    and export in a SavedModel. All CRF arithmetic is float32, also under a
+    mixed-precision policy: log-partition sums over many tags and steps
+    overflow float16.
 
     Masks are post-padded (``True`` = real token). A row without real tokens has
     log-likelihood 0 and decodes to all zeros; padded positions decode to tag 0.
@@ -149,11 +151,6 @@ class CRF(keras.layers.Layer):
         score = score + (ops.take(start, tags[:, 0]) + ops.take(end, last_tags)) * has_tokens
         return score
 
-    def _time_major(self, emissions, mask):
-        time_steps = ops.shape(emissions)[1]
-        is_first = ops.arange(time_steps) == 0
-        return (ops.transpose(emissions, (1, 0, 2)), ops.transpose(mask, (1, 0)), is_first)
-
     def _log_partition(self, emissions, mask):
         start, end = self._boundaries()
         transitions = ops.cast(self.transitions, "float32")
@@ -191,25 +188,29 @@ class CRF(keras.layers.Layer):
         transitions = ops.cast(self.transitions, "float32")
         identity = ops.arange(self.num_tags, dtype="int32")
 
-        def forward(carry, inputs):
+        # The forward pass scans over the step indices alone and reads each
+        # step's inputs itself: Keras 3.15's TensorFlow ops.scan cannot trace
+        # several scanned sequences whose time length is unknown (a serving
+        # signature), and a while loop has no backend-neutral way to keep the
+        # per-step back-pointers (ops.slice_update is an XLA op in TensorFlow).
+        def forward(carry, t):
             delta, _ = carry
-            emission, real, first = inputs
+            emission = ops.take(emissions, t, axis=1)
+            real = ops.expand_dims(ops.take(mask, t, axis=1), -1)
             candidates = ops.expand_dims(delta, 2) + transitions
             best_previous = ops.cast(ops.argmax(candidates, axis=1), "int32")
             moved = ops.max(candidates, axis=1) + emission
-            candidate = ops.where(first, start + emission, moved)
-            real_column = ops.expand_dims(real, -1)
-            delta = ops.where(real_column, candidate, delta)
+            candidate = ops.where(ops.equal(t, 0), start + emission, moved)
+            delta = ops.where(real, candidate, delta)
             # Padded steps point every tag back at itself, so backtracking from
             # the final step walks unchanged to the last real token.
-            pointers = ops.where(real_column, best_previous, identity)
+            pointers = ops.where(real, best_previous, identity)
             return (delta, pointers), (delta, pointers)
 
         initial_delta = ops.zeros_like(emissions[:, 0, :])
         initial_pointers = ops.zeros_like(ops.cast(initial_delta, "int32")) + identity
-        (delta, _), (_, pointers) = ops.scan(
-            forward, (initial_delta, initial_pointers), self._time_major(emissions, mask)
-        )
+        steps = ops.arange(ops.shape(emissions)[1], dtype="int32")
+        (delta, _), (_, pointers) = ops.scan(forward, (initial_delta, initial_pointers), steps)
         final = delta + end
         last_tag = ops.cast(ops.argmax(final, axis=-1), "int32")
         has_tokens = ops.any(mask, axis=1)
@@ -220,7 +221,8 @@ class CRF(keras.layers.Layer):
             return previous, tag
 
         _, path = ops.scan(backward, last_tag, pointers, reverse=True)
-        path = ops.transpose(path, (1, 0))
+        # With an unknown time length the scans lose the rank; the mask's shape restores it.
+        path = ops.reshape(ops.transpose(path, (1, 0)), ops.shape(mask))
         path = ops.where(mask, path, 0)
         return ops.cast(path, "int32"), best_score
 
