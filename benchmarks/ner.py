@@ -8,7 +8,7 @@ Usage::
 
     python benchmarks/ner.py --data-dir /work/shared/data --variant glove \\
         --embeddings /work/shared/data/glove/glove.6B.50d.top100k_conll2003.txt.gz
-    python benchmarks/ner.py --data-dir /work/shared/data --variant plain --set max_train_minutes=20
+    python benchmarks/ner.py --data-dir /work/shared/data --variant plain --set time_budget_minutes=20
 
 Not a test: it reads the real dataset and trains for minutes.
 """

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -55,6 +54,9 @@ CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
 LENGTH_BUCKETS = (8, 12, 16, 24, 32, 48, 64)
 SCHEME = "IOB2"
+# Kept only while rnnapps/pipelines/translate.py imports it from here: the one wall-clock budget is
+# runtime.TimeBudget, applied to every pipeline through TrainingConfig.time_budget_minutes.
+StopAfterMinutes = runtime.TimeBudget
 
 
 @dataclasses.dataclass
@@ -81,15 +83,13 @@ class NerConfig(TrainingConfig):
     dropout: float = 0.5
     char_dropout: float = 0.0
     recurrent_dropout: float = 0.0
-    # Stop training (at the next batch) once this many minutes have passed; None: no limit.
-    max_train_minutes: float | None = None
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=4, batch_size=4, learning_rate=0.02, word_embedding_dim=8, min_word_count=1,
                       char_embedding_dim=8, char_filters=8, char_units=4, case_embedding_dim=4, units=8,
                       dropout=0.0, early_stopping_patience=0),
         "cpu": dict(epochs=14, batch_size=32, learning_rate=2e-3, clipnorm=5.0, early_stopping_patience=3,
-                    max_train_minutes=25.0),
+                    time_budget_minutes=25.0),
         "full": dict(epochs=60, batch_size=32, learning_rate=1e-3, clipnorm=5.0, word_embedding_dim=100,
                      char_encoder="lstm", char_units=25, units=200, depth=2, early_stopping_patience=6),
     }
@@ -237,7 +237,7 @@ class SequenceTagger(keras.Model):
         emissions = tf.cast(self.encoder(padded, training=False), tf.float32)
         mask = tf.not_equal(padded, conll.PADDING)
         if self.crf is not None:
-            ids = viterbi_tags(self.crf, emissions, mask)
+            ids, _ = self.crf.viterbi_decode(emissions, mask)
         else:
             ids = tf.cast(tf.argmax(emissions[..., 1:], axis=-1), tf.int32) + 1
         ids = tf.where(mask, tf.cast(ids, tf.int32), 0)
@@ -262,68 +262,6 @@ class SequenceTagger(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
-
-
-def viterbi_tags(crf: CRF, emissions, mask):
-    """The Viterbi tag path ``(batch, time)`` of a :class:`CRF`, 0 at padded steps, for any time length.
-
-    The same decoding as ``CRF.viterbi_decode``, written with ``tf.scan``: in
-    Keras 3.15 ``ops.scan`` fails to trace when the time axis has no static
-    length, which is the case in a serving signature. Needs ``time >= 1``.
-    """
-    emissions = tf.cast(emissions, tf.float32)
-    mask = tf.cast(mask, tf.bool)
-    transitions = tf.cast(crf.transitions, tf.float32)
-    if crf.use_boundary_transitions:
-        start, end = tf.cast(crf.start_transitions, tf.float32), tf.cast(crf.end_transitions, tf.float32)
-    else:
-        start = end = tf.zeros([crf.num_tags], tf.float32)
-    time_major = tf.transpose(emissions, [1, 0, 2])
-    real = tf.transpose(mask, [1, 0])
-    identity = tf.zeros_like(time_major[0], tf.int32) + tf.range(crf.num_tags)
-
-    is_first = tf.equal(tf.range(tf.shape(time_major)[0]), 0)
-
-    def forward(carry, inputs):
-        delta, _ = carry
-        emission, step_real, first = inputs
-        candidates = delta[:, :, None] + transitions
-        moved = tf.where(first, start + emission, tf.reduce_max(candidates, axis=1) + emission)
-        best_previous = tf.argmax(candidates, axis=1, output_type=tf.int32)
-        step_real = step_real[:, None]
-        # Padded steps keep the scores and point every tag back at itself, so
-        # backtracking walks unchanged to the last real token.
-        return tf.where(step_real, moved, delta), tf.where(step_real, best_previous, identity)
-
-    # Every loop runs over all steps (none over an empty slice: tf.scan cannot stack zero elements).
-    deltas, pointers = tf.scan(forward, (time_major, real, is_first), initializer=(tf.zeros_like(time_major[0]), identity))
-    last_tag = tf.argmax(deltas[-1] + end, axis=-1, output_type=tf.int32)
-
-    def backward(carry, step_pointers):
-        tag, _ = carry
-        return tf.gather(step_pointers, tag, batch_dims=1), tag
-
-    _, path = tf.scan(backward, pointers, initializer=(last_tag, last_tag), reverse=True)
-    path = tf.transpose(path, [1, 0])
-    return tf.where(mask, path, 0)
-
-
-class StopAfterMinutes(keras.callbacks.Callback):
-    """Stops training at the first batch end past a wall-clock budget (the epoch then closes normally)."""
-
-    def __init__(self, minutes: float):
-        super().__init__()
-        self.seconds = 60.0 * float(minutes)
-        self.started = None
-        self.stopped_early = False
-
-    def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self.started > self.seconds:
-            self.stopped_early = True
-            self.model.stop_training = True
 
 
 def tokenize(text):
@@ -472,9 +410,6 @@ class NerPipeline(Pipeline):
         model = SequenceTagger(encoder, vocab.tags, decoder=config.decoder, name="ner")
         model.compile(optimizer=runtime.make_optimizer(config))
         return model
-
-    def extra_callbacks(self, model, datasets: Datasets, config: NerConfig, run_dir: Path) -> list:
-        return [StopAfterMinutes(config.max_train_minutes)] if config.max_train_minutes else []
 
     def evaluate(self, model, datasets: Datasets, config, run_dir: Path) -> dict:
         from rnnapps import plots
