@@ -20,7 +20,6 @@ from rnnapps.pipelines.ner import (
     NerConfig,
     entity_spans,
     span_scores,
-    tokenize,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -146,11 +145,3 @@ def test_span_f1_matches_a_hand_count():
     assert scores["per_type"]["LOC"]["recall"] == 0.0 and scores["per_type"]["ORG"]["precision"] == 0.0
     assert entity_spans(predicted[0]) == [("PER", 0, 2), ("ORG", 3, 4)]
     assert entity_spans(["I-ORG", "B-LOC", "I-LOC", "I-PER"]) == [("LOC", 1, 3)]
-
-
-def test_tokenize_splits_like_conll():
-    tokens = tokenize(tf.constant(['EU rejects German call to boycott British lamb.', 'U.S. troops, (Germany\'s) "won" 3,000.', ""]))
-    rows = [[t.decode() for t in row if t] for row in tokens.numpy()]
-    assert rows[0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
-    assert rows[1] == ["U.S.", "troops", ",", "(", "Germany", "'s", ")", '"', "won", '"', "3,000", "."]
-    assert rows[2] == []

@@ -9,6 +9,7 @@ from rnnapps.data.text import (
     standardize_text,
     text_label_dataset,
     token_counts,
+    tokenize_words,
 )
 from rnnapps.models import ClipSequenceLength
 from tests.layer_checks import check_layer
@@ -55,3 +56,12 @@ def test_clip_sequence_length_keeps_head_tail_or_both(tmp_path):
     check_layer(ClipSequenceLength(4, keep="head_tail"), ids, tmp_path, expected_output_shape=(2, 4))
     with pytest.raises(ValueError, match="keep"):
         ClipSequenceLength(4, keep="middle")
+
+
+def test_tokenize_words_splits_like_conll_and_keeps_case():
+    tokens = tokenize_words(tf.constant(['EU rejects German call to boycott British lamb.', 'U.S. troops, (Germany\'s) "won" 3,000.', ""]))
+    rows = [[t.decode() for t in row if t] for row in tokens.numpy()]
+    assert rows[0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    assert rows[1] == ["U.S.", "troops", ",", "(", "Germany", "'s", ")", '"', "won", '"', "3,000", "."]
+    assert rows[2] == []
+    assert tokenize_words(tf.constant(["", ""])).numpy().tolist() == [[b""], [b""]]

@@ -1,4 +1,4 @@
-"""The one text standardiser, vectoriser and length bucketing every text pipeline uses.
+"""The one text standardiser, word tokeniser, vectoriser and length bucketing every text pipeline uses.
 
 All of it runs in the TensorFlow graph (``tf.strings``), so the same code runs
 in ``Dataset.map`` and inside exported models that take raw strings.
@@ -24,6 +24,30 @@ def standardize_text(text):
     text = tf.strings.regex_replace(text, r"<br\s*/?>", " ")
     text = tf.strings.regex_replace(text, _SPLIT_SYMBOLS, r" \1 ")
     return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
+
+
+def tokenize_words(text):
+    """CoNLL-style tokens of raw strings, in the graph: ``string[batch] -> string[batch, words]`` (``""``-padded).
+
+    Unlike :func:`standardize_text`, which lowercases for the vectoriser of
+    classifiers and language models, this keeps the case: a tagger (NER)
+    reads capitalisation as one of its strongest cues and scores tokens cut
+    the way its training corpus (CoNLL-2003) was, so it needs its own
+    case-preserving tokeniser.
+
+    Splits on whitespace, and splits off brackets, quotes, ``!?;``, a trailing
+    ``.,:`` after a lowercase letter or digit (``lamb.`` but not ``U.S.``), a
+    comma before a space, and ``'s``.
+    """
+    text = tf.convert_to_tensor(text, tf.string)
+    text = tf.strings.regex_replace(text, r"([\"()\[\]{}!?;])", r" \1 ")
+    text = tf.strings.regex_replace(text, r"([\p{Ll}\pN%])([.,:]+)(\s|$)", r"\1 \2\3")
+    text = tf.strings.regex_replace(text, r"([^\s,]),(\s|$)", r"\1 ,\2")
+    text = tf.strings.regex_replace(text, r"(\pL)('[sS])(\s|$)", r"\1 \2\3")
+    tokens = tf.strings.split(text).to_tensor(default_value="")
+    # A batch of empty texts still gets one (padding) column.
+    missing = tf.maximum(1 - tf.shape(tokens)[1], 0)
+    return tf.pad(tokens, [[0, 0], [0, missing]], constant_values="")
 
 
 def token_counts(texts):

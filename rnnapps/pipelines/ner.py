@@ -42,6 +42,7 @@ from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data import conll
 from rnnapps.data.embeddings import read_word_vectors, vector_file_words
+from rnnapps.data.text import tokenize_words
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, latest_export, load_export
 from rnnapps.models import RecurrentStack
@@ -264,24 +265,6 @@ class SequenceTagger(keras.Model):
         return cls(**config)
 
 
-def tokenize(text):
-    """CoNLL-style tokens of raw strings, in the graph: ``string[batch] -> string[batch, words]`` (``""``-padded).
-
-    Splits on whitespace, and splits off brackets, quotes, ``!?;``, a trailing
-    ``.,:`` after a lowercase letter or digit (``lamb.`` but not ``U.S.``), a
-    comma before a space, and ``'s``.
-    """
-    text = tf.convert_to_tensor(text, tf.string)
-    text = tf.strings.regex_replace(text, r"([\"()\[\]{}!?;])", r" \1 ")
-    text = tf.strings.regex_replace(text, r"([\p{Ll}\pN%])([.,:]+)(\s|$)", r"\1 \2\3")
-    text = tf.strings.regex_replace(text, r"([^\s,]),(\s|$)", r"\1 ,\2")
-    text = tf.strings.regex_replace(text, r"(\pL)('[sS])(\s|$)", r"\1 \2\3")
-    tokens = tf.strings.split(text).to_tensor(default_value=conll.PADDING)
-    # A batch of empty texts still gets one (padding) column.
-    missing = tf.maximum(1 - tf.shape(tokens)[1], 0)
-    return tf.pad(tokens, [[0, 0], [0, missing]], constant_values=conll.PADDING)
-
-
 def entity_spans(tags) -> list[tuple[str, int, int]]:
     """``(type, start, end)`` token spans (end exclusive) of IOB2 tags, read strictly.
 
@@ -436,7 +419,7 @@ class NerPipeline(Pipeline):
             return {"tags": model.tag(tokens)}
 
         def tag_text(text):
-            tokens = tokenize(text)
+            tokens = tokenize_words(text)
             return {"tokens": tokens, "tags": model.tag(tokens)}
 
         return {
