@@ -1,16 +1,25 @@
-"""Helpers shared by the benchmark scripts (timing callbacks, latency stats, results files)."""
+"""Helpers shared by the benchmark scripts (timed runs, timing callbacks, latency stats, machine, results files)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import platform
 import resource
+import shlex
+import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+
+from rnnapps import runner
+from rnnapps.export import load_export
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -34,6 +43,82 @@ class TrainTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append(time.perf_counter() - self._start - self._validation)
+
+
+class TrainingSpeed(keras.callbacks.Callback):
+    """Optimizer steps, and examples per second timed over training batches only.
+
+    Validation is not timed, nor are the first ``skip_steps`` steps (tracing and warm-up).
+    """
+
+    def __init__(self, batch_size: int, skip_steps: int = 10):
+        super().__init__()
+        self.batch_size, self.skip_steps = batch_size, skip_steps
+        self.steps, self.timed, self.seconds = 0, 0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._tick = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps > self.skip_steps:
+            self.seconds += time.perf_counter() - self._tick
+            self.timed += 1
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.timed * self.batch_size / self.seconds if self.seconds else float("nan")
+
+
+@dataclasses.dataclass
+class TimedRun:
+    """A benchmark's training run: the runner's ``RunResult``, its wall time, and the load when it began."""
+
+    result: Any
+    wall_seconds: float
+    load_average_at_start: tuple[float, float, float]
+
+
+def timed_run(pipeline: str, preset: str, set_options: dict, data_dir: str, work_dir, extra_callbacks=()) -> TimedRun:
+    """Train, evaluate and export through the shared runner, as ``rnnapps run`` does.
+
+    Runs go to ``work_dir/runs`` and exports to ``work_dir/exports``.
+    """
+    load_average_at_start = os.getloadavg()
+    started = time.perf_counter()
+    result = runner.run(
+        pipeline, preset=preset, set_options=set_options, data_dir=data_dir,
+        output_dir=str(Path(work_dir) / "runs"), export_dir=str(Path(work_dir) / "exports"),
+        extra_callbacks=list(extra_callbacks), verbose=2,
+    )
+    return TimedRun(result, time.perf_counter() - started, load_average_at_start)
+
+
+def load_served_copy(export_path, work_dir):
+    """Copy an export to ``work_dir/served/1`` and load it from there, as a model server would."""
+    served = Path(work_dir) / "served" / "1"
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(export_path, served)
+    return load_export(served)
+
+
+def training_report(pipeline: str, preset: str, set_options: dict, run: TimedRun, speed: TrainingSpeed,
+                    budget, unit: str = "images") -> dict:
+    """The report fields of a time-budgeted benchmark run; ``budget`` is its ``rnnapps.runtime.TimeBudget``."""
+    return {
+        "pipeline": pipeline,
+        "preset": preset,
+        "set_options": set_options,
+        "config": dict(vars(run.result.config)),
+        "train_seconds": run.result.metrics["train_seconds_this_session"],
+        "wall_seconds_total": round(run.wall_seconds, 1),
+        "stopped_by_time_limit": budget.stopped,
+        "time_limit_minutes": budget.seconds / 60,
+        "optimizer_steps": speed.steps,
+        f"train_{unit}_per_second": round(speed.examples_per_second, 1),
+        "machine": machine_under_load(run.load_average_at_start),
+        "metrics": run.result.metrics,
+    }
 
 
 def peak_rss_mib() -> float:
@@ -71,8 +156,28 @@ def machine() -> dict:
     }
 
 
-def write_results(name: str, results: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def machine_under_load(load_average_at_start) -> dict:
+    """:func:`machine` plus the platform and the load averages at the start and now (the machine is shared)."""
+    return {
+        **machine(),
+        "platform": platform.platform(),
+        "load_average_at_start": [round(value, 2) for value in load_average_at_start],
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def command_line(script: str, argv=None) -> str:
+    """The command that reproduces this benchmark: ``python benchmarks/<script> <arguments>``."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_report(path, results: dict) -> Path:
+    """Write a results JSON (sorted keys), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_results(name: str, results: dict) -> Path:
+    return write_report(RESULTS / f"{name}.json", results)

@@ -15,57 +15,19 @@ The machine is shared: run it under the global lock,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import platform
-import shutil
-import time
+import sys
 from pathlib import Path
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from rnnapps.config import parse_set_options
-from rnnapps.export import load_export
-from rnnapps.runner import run
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-class TimeLimit(keras.callbacks.Callback):
-    """Stop training once ``seconds`` have passed since training began (checked after every batch)."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds, self.started, self.stopped_early = seconds, None, False
-
-    def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self.started > self.seconds:
-            self.stopped_early = self.model.stop_training = True
-
-
-class TrainingSpeed(keras.callbacks.Callback):
-    """Training images per second, timing train batches only and skipping the first 10 (tracing)."""
-
-    def __init__(self, batch_size: int):
-        super().__init__()
-        self.batch_size, self.seconds, self.timed, self.steps = batch_size, 0.0, 0, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.tick = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps > 10:
-            self.seconds += time.perf_counter() - self.tick
-            self.timed += 1
-
-    @property
-    def images_per_second(self) -> float:
-        return self.timed * self.batch_size / self.seconds if self.seconds else float("nan")
+from benchmarks import common  # noqa: E402
+from rnnapps.config import parse_set_options  # noqa: E402
+from rnnapps.runtime import TimeBudget  # noqa: E402
 
 
 def write_docs_pictures(generate, docs: Path) -> None:
@@ -96,52 +58,30 @@ def main() -> None:
     set_options = {"dataset": "binarized_mnist", **parse_set_options(args.set_options)}
     batch_size = resolve_config(DrawConfig, args.preset, set_options=set_options).batch_size
     work = Path(args.work_dir)
-    limit, speed = TimeLimit(args.time_limit_minutes * 60), TrainingSpeed(batch_size)
-    started = time.perf_counter()
-    result = run("draw", preset=args.preset, set_options=set_options, data_dir=args.data_dir,
-                 output_dir=str(work / "runs"), export_dir=str(work / "exports"),
-                 extra_callbacks=[limit, speed], verbose=2)
-    wall = time.perf_counter() - started
+    budget, speed = TimeBudget(args.time_limit_minutes), common.TrainingSpeed(batch_size)
+    run = common.timed_run("draw", args.preset, set_options, args.data_dir, work, extra_callbacks=[budget, speed])
 
     # Serve from a copy elsewhere, as a model server would, and time 64 samples (median of 3 after a warm-up).
-    served = work / "served" / "1"
-    shutil.rmtree(served, ignore_errors=True)
-    shutil.copytree(result.export_path, served)
-    generate = load_export(served).signatures["generate"]
+    generate = common.load_served_copy(run.result.export_path, work).signatures["generate"]
     num = tf.constant(64, tf.int32)
-    generate(num=num, seed=tf.constant(0, tf.int32))
-    timings = []
-    for seed in (1, 2, 3):
-        tick = time.perf_counter()
-        generate(num=num, seed=tf.constant(seed, tf.int32))["images"].numpy()
-        timings.append(time.perf_counter() - tick)
+    seeds = itertools.count()  # the warm-up draws seed 0, the timed calls 1, 2, 3
+    latency = common.latency_stats(
+        lambda: generate(num=num, seed=tf.constant(next(seeds), tf.int32))["images"].numpy(), repeats=3, warmup=1
+    )
 
     write_docs_pictures(generate, Path(args.docs_dir))
 
-    metrics = result.metrics
+    metrics = run.result.metrics
     report = {
-        "pipeline": "draw",
-        "preset": args.preset,
-        "set_options": set_options,
-        "config": dict(vars(result.config)),
+        **common.training_report("draw", args.preset, set_options, run, speed, budget),
         "test_nll_bound_nats": round(metrics["test_nll_bound_nats"], 3),
         "test_bits_per_dim": round(metrics["test_bits_per_dim"], 5),
         "test_examples": metrics["test_examples"],
         "target_nll_bound_nats": 95.0,
         "paper_nll_bound_nats_T64": 80.97,
-        "train_seconds": metrics["train_seconds_this_session"],
-        "wall_seconds_total": round(wall, 1),
-        "stopped_by_time_limit": limit.stopped_early,
-        "time_limit_minutes": args.time_limit_minutes,
-        "optimizer_steps": speed.steps,
-        "train_images_per_second": round(speed.images_per_second, 1),
-        "generate_64_samples_seconds": round(float(np.median(timings)), 3),
-        "machine": f"{platform.machine()}, {len(tf.config.list_physical_devices('CPU'))} CPU device, "
-                   f"tensorflow {tf.__version__}, keras {keras.__version__}; 2 cores, shared and busy",
-        "metrics": metrics,
+        "generate_64_samples_seconds": round(latency["p50_ms"] / 1000, 3),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    common.write_report(args.output, report)
     print(json.dumps(report, indent=2, sort_keys=True))
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,21 +27,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).parent / "results" / "ner.json"
 TIMING_BATCH = 32
-
-
-class _StepCounter:
-    """Counts optimizer steps (a Keras callback, built lazily so --help needs no TensorFlow)."""
-
-    def __new__(cls):
-        import keras
-
-        class StepCounter(keras.callbacks.Callback):
-            steps = 0
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.steps += 1
-
-        return StepCounter()
 
 
 def _time_signatures(export_path: Path, sentences) -> dict:
@@ -90,30 +74,26 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="benchmarks/work/ner", help="Runs and exports go here.")
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
-
-    from rnnapps import runner, runtime
-    from rnnapps.config import parse_set_options
+    # Imported only now, so --help needs no TensorFlow.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import TrainingSpeed, command_line, machine_under_load, timed_run
+    from rnnapps import runtime
+    from rnnapps.config import parse_set_options, resolve_config
     from rnnapps.data import conll
+    from rnnapps.pipelines.ner import NerConfig
 
     set_options = parse_set_options(args.set_options)
     if args.embeddings:
         set_options["embeddings"] = args.embeddings
-    output = Path(args.output_dir)
-    counter = _StepCounter()
-    started = time.perf_counter()
-    result = runner.run(
-        "ner", args.preset, set_options=set_options, data_dir=args.data_dir,
-        output_dir=str(output / "runs"), export_dir=str(output / "exports"), verbose=2,
-        extra_callbacks=[counter],
-    )
-    wall_seconds = time.perf_counter() - started
+    speed = TrainingSpeed(resolve_config(NerConfig, args.preset, set_options=set_options).batch_size)
+    run = timed_run("ner", args.preset, set_options, args.data_dir, args.output_dir, extra_callbacks=[speed])
+    result, wall_seconds = run.result, run.wall_seconds
     history = runtime.read_history(result.run_dir / "history.csv")
     epochs_run = len(history.get("loss", []))
     test_sentences = conll.load_conll_splits(args.data_dir)["test"]
     metrics = result.metrics
     entry = {
-        "command": "python benchmarks/ner.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("ner.py", argv),
         "preset": args.preset,
         "set": set_options,
         "valid_f1": round(metrics["valid_f1"], 4),
@@ -125,13 +105,15 @@ def main(argv=None) -> int:
         "best_val_loss": min(history.get("val_loss", [float("nan")])),
         "train_seconds": metrics["train_seconds_this_session"],
         "wall_seconds_total": round(wall_seconds, 1),
-        "train_steps": counter.steps,
+        "train_steps": speed.steps,
         # Full batches assumed (a bucket's last batch is smaller): a slight overestimate.
-        "training_sentences_per_second": round(counter.steps * result.config.batch_size / metrics["train_seconds_this_session"], 1),
+        "training_sentences_per_second": round(
+            speed.steps * result.config.batch_size / metrics["train_seconds_this_session"], 1
+        ),
         **_time_signatures(result.export_path, test_sentences),
         "run_dir": str(result.run_dir),
         "export": str(result.export_path),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores (shared, busy), TensorFlow {tf.__version__}",
+        "machine": machine_under_load(run.load_average_at_start),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -13,62 +13,23 @@ Writes ``benchmarks/results/pixelrnn.json`` and copies the inpainting grid to
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import platform
 import shutil
-import time
+import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps.config import parse_set_options
-from rnnapps.data.images import load_images
-from rnnapps.export import load_export
-from rnnapps.pipelines.pixelrnn import occlusion_mask, spread_indices, write_inpainting_grid
-from rnnapps.runner import run
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-class TimeLimit(keras.callbacks.Callback):
-    """Stop training once ``seconds`` have passed (checked after every batch)."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds, self.started, self.stopped_early = seconds, None, False
-
-    def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self.started > self.seconds:
-            self.stopped_early = self.model.stop_training = True
-
-
-class Throughput(keras.callbacks.Callback):
-    """Images per second over training batches only (no validation, no first-epoch tracing)."""
-
-    def __init__(self, batch_size: int):
-        super().__init__()
-        self.batch_size, self.seconds, self.batches, self.epoch, self.steps = batch_size, 0.0, 0, 0, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.batch_started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.epoch > 0 or batch >= 10:
-            self.seconds += time.perf_counter() - self.batch_started
-            self.batches += 1
-
-    @property
-    def images_per_second(self) -> float:
-        return self.batches * self.batch_size / self.seconds if self.seconds else float("nan")
+from benchmarks import common  # noqa: E402
+from rnnapps.config import parse_set_options  # noqa: E402
+from rnnapps.data.images import load_images  # noqa: E402
+from rnnapps.pipelines.pixelrnn import occlusion_mask, spread_indices, write_inpainting_grid  # noqa: E402
+from rnnapps.runtime import TimeBudget  # noqa: E402
 
 
 def main() -> None:
@@ -87,29 +48,21 @@ def main() -> None:
     from rnnapps.pipelines.pixelrnn import PixelRNNConfig
 
     batch_size = resolve_config(PixelRNNConfig, args.preset, set_options=set_options).batch_size
-    limit, throughput = TimeLimit(args.time_limit_minutes * 60), Throughput(batch_size)
-    started = time.perf_counter()
-    result = run("pixelrnn", preset=args.preset, set_options=set_options, data_dir=args.data_dir,
-                 output_dir=str(work / "runs"), export_dir=str(work / "exports"),
-                 extra_callbacks=[limit, throughput], verbose=2)
-    wall = time.perf_counter() - started
+    budget, speed = TimeBudget(args.time_limit_minutes), common.TrainingSpeed(batch_size)
+    run = common.timed_run("pixelrnn", args.preset, set_options, args.data_dir, work, extra_callbacks=[budget, speed])
+    result = run.result
 
     # Serve from a moved copy, as a model server would, and time 16 completions of one half-hidden image.
-    served = work / "served" / "1"
-    shutil.rmtree(served, ignore_errors=True)
-    shutil.copytree(result.export_path, served)
-    loaded = load_export(served)
+    loaded = common.load_served_copy(result.export_path, work)
     test_images = load_images("binarized_mnist", args.data_dir)["test"]
     image = test_images[:1]
     known = occlusion_mask(image.shape, "bottom")
     inpaint = loaded.signatures["inpaint"]
     inputs = dict(images=tf.constant(np.repeat(image, 16, axis=0)), mask=tf.constant(np.repeat(known, 16, axis=0)))
-    inpaint(seed=tf.constant(0), **inputs)  # warm-up
-    timings = []
-    for seed in (1, 2, 3):
-        tick = time.perf_counter()
-        inpaint(seed=tf.constant(seed), **inputs)["images"].numpy()
-        timings.append(time.perf_counter() - tick)
+    seeds = itertools.count()  # the warm-up draws seed 0, the timed calls 1, 2, 3
+    latency = common.latency_stats(
+        lambda: inpaint(seed=tf.constant(next(seeds)), **inputs)["images"].numpy(), repeats=3, warmup=1
+    )
 
     # The docs picture: 8 test digits spread over the (digit-ordered) test file, lower half hidden,
     # 3 completions each, through the SavedModel.
@@ -122,25 +75,13 @@ def main() -> None:
     shutil.copy(result.run_dir / "samples.png", ROOT / "docs" / "pixelrnn_samples.png")
 
     report = {
-        "pipeline": "pixelrnn",
-        "preset": args.preset,
-        "set_options": set_options,
-        "config": dict(vars(result.config)),
+        **common.training_report("pixelrnn", args.preset, set_options, run, speed, budget),
         "test_nll_nats": round(result.metrics["test_nll_nats"], 3),
         "test_bits_per_dim": round(result.metrics["test_bits_per_dim"], 5),
         "test_examples": result.metrics["test_examples"],
-        "train_seconds": result.metrics["train_seconds_this_session"],
-        "wall_seconds_total": round(wall, 1),
-        "stopped_by_time_limit": limit.stopped_early,
-        "time_limit_minutes": args.time_limit_minutes,
-        "optimizer_steps": throughput.steps,
-        "train_images_per_second": round(throughput.images_per_second, 1),
-        "inpaint_16_completions_half_occluded_seconds": round(float(np.median(timings)), 2),
-        "machine": f"{platform.machine()}, {len(tf.config.list_physical_devices('CPU'))} CPU device, "
-                   f"tensorflow {tf.__version__}, keras {keras.__version__}; shared and busy",
-        "metrics": result.metrics,
+        "inpaint_16_completions_half_occluded_seconds": round(latency["p50_ms"] / 1000, 2),
     }
-    Path(args.output).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    common.write_report(args.output, report)
     print(json.dumps(report, indent=2, sort_keys=True))
 
 

@@ -13,11 +13,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "textgen.json"
@@ -25,8 +24,10 @@ PROMPT = "ROMEO:"
 
 
 def generation_speed(loaded, length: int, repeats: int = 3) -> float:
-    """Median characters per second of one ``generate`` call of ``length`` characters."""
+    """Characters per second of one ``generate`` call of ``length`` characters (median over ``repeats``)."""
     import tensorflow as tf
+
+    from benchmarks.common import latency_stats
 
     def call(seed):
         return loaded.signatures["generate"](
@@ -34,13 +35,9 @@ def generation_speed(loaded, length: int, repeats: int = 3) -> float:
             temperature=tf.constant([0.8]), seed=tf.constant([seed], tf.int32),
         )["text"]
 
-    call(0)  # the first call pays for loading the graph's functions
-    speeds = []
-    for seed in range(1, repeats + 1):
-        started = time.perf_counter()
-        call(seed).numpy()
-        speeds.append(length / (time.perf_counter() - started))
-    return statistics.median(speeds)
+    seeds = itertools.count()  # the warm-up call (seed 0) pays for loading the graph's functions
+    latency = latency_stats(lambda: call(next(seeds)).numpy(), repeats=repeats, warmup=1)
+    return length / (latency["p50_ms"] / 1000)
 
 
 def markdown_table(report: dict) -> str:
@@ -82,19 +79,16 @@ def main(argv=None) -> dict:
         return report
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import tensorflow as tf
 
-    from rnnapps import runner, runtime
+    from benchmarks.common import command_line, machine_under_load, timed_run
+    from rnnapps import runtime
     from rnnapps.config import parse_set_options
 
-    load_start = os.getloadavg()
-    started = time.perf_counter()
-    result = runner.run(
-        "textgen", preset=arguments.preset, set_options=parse_set_options(arguments.set_options),
-        data_dir=arguments.data_dir, output_dir=str(Path(arguments.work_dir) / "runs"),
-        export_dir=str(Path(arguments.work_dir) / "exports"), verbose=2,
-    )
-    wall_seconds = time.perf_counter() - started
+    run = timed_run("textgen", arguments.preset, parse_set_options(arguments.set_options), arguments.data_dir,
+                    arguments.work_dir)
+    result, wall_seconds = run.result, run.wall_seconds
     config = result.config
     history = runtime.read_history(result.run_dir / "history.csv")
     epochs_run = len(history.get("epoch", []))
@@ -133,16 +127,8 @@ def main(argv=None) -> dict:
         "sample_temperature": 0.8,
         "sample_seed": config.seed,
         "sample": PROMPT + sample,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "tensorflow": tf.__version__,
-            "load_average_at_start": [round(value, 2) for value in load_start],
-            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
-        },
-        "command": "python benchmarks/textgen.py --data-dir /work/shared/data"
-        + (f" --preset {arguments.preset}" if arguments.preset != "cpu" else "")
-        + "".join(f" --set {option}" for option in arguments.set_options),
+        "machine": machine_under_load(run.load_average_at_start),
+        "command": command_line("textgen.py", argv),
     }
     Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.results).write_text(json.dumps(report, indent=2, default=str) + "\n")

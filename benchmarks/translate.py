@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,19 +40,14 @@ def main(argv=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from benchmarks.common import latency_stats
-    from rnnapps import runner, runtime
+    from benchmarks.common import command_line, latency_stats, machine_under_load, timed_run
+    from rnnapps import runtime
     from rnnapps.config import parse_set_options
     from rnnapps.pipelines.translate import PIPELINE
 
-    load_start = os.getloadavg()
-    started = time.perf_counter()
-    result = runner.run(
-        "translate", preset=arguments.preset, set_options=parse_set_options(arguments.set_options),
-        data_dir=arguments.data_dir, output_dir=str(Path(arguments.work_dir) / "runs"),
-        export_dir=str(Path(arguments.work_dir) / "exports"), verbose=2,
-    )
-    wall_seconds = time.perf_counter() - started
+    run = timed_run("translate", arguments.preset, parse_set_options(arguments.set_options), arguments.data_dir,
+                    arguments.work_dir)
+    result, wall_seconds = run.result, run.wall_seconds
     config, metrics = result.config, result.metrics
     history = runtime.read_history(result.run_dir / "history.csv")
 
@@ -96,17 +90,9 @@ def main(argv=None) -> dict:
         "train_target_tokens_per_second": round(steps * tokens / max(batches, 1) / train_seconds, 1),
         "serving_latency_per_sentence_ms": latency,
         "serving_batch_of_sentences_seconds": {"sentences": len(sentences), "seconds": round(batch_seconds, 3)},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "tensorflow": tf.__version__,
-            "load_average_at_start": [round(value, 2) for value in load_start],
-            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
-        },
+        "machine": machine_under_load(run.load_average_at_start),
         "samples": [json.loads(line) for line in (result.run_dir / "test_translations.jsonl").read_text().splitlines()[:5]],
-        "command": "python benchmarks/translate.py --data-dir /work/shared/data"
-        + (f" --preset {arguments.preset}" if arguments.preset != "cpu" else "")
-        + "".join(f" --set {option}" for option in arguments.set_options),
+        "command": command_line("translate.py", argv),
     }
     Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.results).write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False) + "\n")
