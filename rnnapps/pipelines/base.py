@@ -56,3 +56,37 @@ class Pipeline:
 
     #: a click command for ``rnnapps predict <name>``, or None
     predict_command = None
+
+
+# --- shared pieces of the pipelines' predict verbs ---------------------------------------------
+
+def export_options(command):
+    """Add ``--model PATH`` and ``--export-dir DIR`` to a pipeline's predict command."""
+    import click
+
+    command = click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")(command)
+    return click.option(
+        "--model", "model_path", type=click.Path(file_okay=False, exists=True),
+        help="A SavedModel version directory (default: the latest under --export-dir).",
+    )(command)
+
+
+def served_model(pipeline: str, model_path: str | None, export_dir: str):
+    """``(loaded SavedModel, its path)``: ``model_path``, or the latest export of ``pipeline``."""
+    from rnnapps.export import latest_export, load_export
+
+    path = Path(model_path) if model_path else latest_export(export_dir, pipeline)
+    return load_export(path), path
+
+
+def read_texts(texts) -> tuple[str, ...]:
+    """The texts given as arguments, else non-empty lines piped on stdin."""
+    import sys
+
+    import click
+
+    if texts:
+        return tuple(texts)
+    if sys.stdin.isatty():
+        raise click.UsageError("give texts as arguments or pipe them in, one per line")
+    return tuple(line.rstrip("\n") for line in sys.stdin if line.strip())

@@ -53,9 +53,9 @@ from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
-from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.export import Endpoint
 from rnnapps.models.draw import DrawModel
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
 
 DATASETS = ("svhn", "binarized_mnist")
 LIKELIHOODS = ("bernoulli",)
@@ -278,9 +278,7 @@ def _to_unit_interval(images: np.ndarray, binary: bool) -> np.ndarray:
 @click.option("--animate", is_flag=True, help="Also write an animated GIF of the canvases over the T steps.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (same seed, same images).")
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(1, 64), help="Images per grid row.")
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 @click.option("--output", default="draw_output", show_default=True, type=click.Path(file_okay=False),
               help="Folder for draw_samples.png (and draw_canvas.gif); created if needed.")
 def predict_command(samples, animate, seed, columns, model_path, export_dir, output):
@@ -295,7 +293,7 @@ def predict_command(samples, animate, seed, columns, model_path, export_dir, out
 
     if not 0 <= seed < 2**31:
         raise click.BadParameter(f"{seed} is not in [0, 2^31)", param_hint="--seed")
-    loaded = load_export(model_path or latest_export(export_dir, "draw"))
+    loaded, _ = served_model("draw", model_path, export_dir)
     outputs = loaded.signatures["generate"](num=tf.constant(samples, tf.int32), seed=tf.constant(seed, tf.int32))
     output = Path(output)
     columns = min(columns, samples)

@@ -29,7 +29,6 @@ Bi-directional LSTM-CNNs-CRF" (char CNN); Pennington et al. 2014 (GloVe).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,11 +43,11 @@ from rnnapps.data import conll
 from rnnapps.data.embeddings import read_word_vectors, vector_file_words
 from rnnapps.data.text import tokenize_words
 from rnnapps.errors import ConfigError
-from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.export import Endpoint
 from rnnapps.models import RecurrentStack
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.crf import CRF
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
 
 DECODERS = ("crf", "softmax")
 CHAR_ENCODERS = ("cnn", "lstm")
@@ -468,9 +467,7 @@ def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
 @click.command("ner")
 @click.argument("texts", nargs=-1)
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 def predict_command(texts, model_path, export_dir):
     """Find named entities (PER, ORG, LOC, MISC) in TEXTS (or lines from stdin).
 
@@ -482,11 +479,8 @@ def predict_command(texts, model_path, export_dir):
       rnnapps predict ner "EU rejects German call to boycott British lamb ."
       cat news.txt | rnnapps predict ner --model saved_models/ner/2
     """
-    if not texts:
-        if sys.stdin.isatty():
-            raise click.UsageError("give texts as arguments or pipe them in, one per line")
-        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
-    loaded = load_export(model_path or latest_export(export_dir, "ner"))
+    texts = read_texts(texts)
+    loaded, _ = served_model("ner", model_path, export_dir)
     outputs = loaded.signatures["tag_text"](text=tf.constant(list(texts), tf.string))
     for row_tokens, row_tags in zip(outputs["tokens"].numpy(), outputs["tags"].numpy(), strict=True):
         tokens = [token.decode() for token in row_tokens if token]

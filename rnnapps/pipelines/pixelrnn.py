@@ -40,9 +40,9 @@ from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
-from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
+from rnnapps.export import Endpoint, read_metadata
 from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
 
 DATASETS = ("binarized_mnist", "mnist")
 BINARIZE_MODES = ("fixed", "stochastic")
@@ -422,9 +422,7 @@ def _read_png(path: str) -> np.ndarray:
               help="A 28x28 PNG to inpaint instead of test images (repeatable).")
 @click.option("--data-dir", envvar="RNNAPPS_DATA_DIR", type=click.Path(file_okay=False),
               help="Dataset folder to take test images from (default: the export's dataset via tfds).")
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 @click.option("--output", default="pixelrnn_inpainting.png", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the PNG grid.")
 def predict_command(occlude, count, samples, seed, image_paths, data_dir, model_path, export_dir, output):
@@ -437,8 +435,7 @@ def predict_command(occlude, count, samples, seed, image_paths, data_dir, model_
       rnnapps predict pixelrnn --occlude bottom --count 8 --samples 3
       rnnapps predict pixelrnn --occlude box:8,8,20,20 --image my_digit.png --output out.png
     """
-    path = Path(model_path) if model_path else latest_export(export_dir, "pixelrnn")
-    loaded = load_export(path)
+    loaded, path = served_model("pixelrnn", model_path, export_dir)
     if image_paths:
         originals = np.stack([_read_png(p) for p in image_paths])
     else:

@@ -42,7 +42,7 @@ import tensorflow as tf
 from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data import text_corpus
-from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.export import Endpoint
 from rnnapps.models.char_lm import (
     CELL_TYPES,
     ResetStatesAtEpochStart,
@@ -52,7 +52,7 @@ from rnnapps.models.char_lm import (
     step_function,
 )
 from rnnapps.models.sampling import generate_tokens
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
 
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 # The character fed first when a prompt is empty: a line break starts a speech in Tiny Shakespeare.
@@ -398,9 +398,7 @@ class TextgenPipeline(Pipeline):
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
               help="Sample only from the K most likely characters (0: all).")
 @click.option("--seed", type=int, help="Seed for reproducible text (default: random, printed to stderr).")
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 def predict_command(prompt, length, temperature, top_k, seed, model_path, export_dir):
     """Generate text that continues PROMPT with the exported character model.
 
@@ -412,7 +410,7 @@ def predict_command(prompt, length, temperature, top_k, seed, model_path, export
     if seed is None:
         seed = secrets.randbelow(2**31)
         click.echo(f"seed: {seed}", err=True)
-    loaded = load_export(model_path or latest_export(export_dir, "textgen"))
+    loaded, _ = served_model("textgen", model_path, export_dir)
     inputs = dict(
         prompt=tf.constant([prompt], tf.string),
         length=tf.constant([length], tf.int32),
