@@ -19,6 +19,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ner": ("rnnapps.pipelines.ner", "CoNLL-2003 named entities: word+char BiLSTM-CRF, span F1"),
     "draw": ("rnnapps.pipelines.draw", "DRAW recurrent VAE with read/write attention (SVHN, binarized MNIST)"),
     "translate": ("rnnapps.pipelines.translate", "Multi30k de→en (or Anki es→en): attention encoder–decoder, beam search, BLEU"),
+    "autoencoder": ("rnnapps.pipelines.autoencoder", "Sequence autoencoder: text → one vector → text; pre-trains sentiment"),
 }
 
 

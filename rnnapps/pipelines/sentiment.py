@@ -19,7 +19,6 @@ Reference: Maas et al. 2011 (the dataset); Graves & Schmidhuber 2005 (BiLSTM).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -34,11 +33,12 @@ from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
 from rnnapps.data.embeddings import read_word_vectors
 from rnnapps.data.sources import resolve_path
-from rnnapps.errors import DataNotFoundError
 from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
-from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.errors import DataNotFoundError
+from rnnapps.export import Endpoint
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
+from rnnapps.transfer import init_sentiment_from_autoencoder
 
 LABELS = ("negative", "positive")
 
@@ -69,6 +69,8 @@ class SentimentConfig(TrainingConfig):
     # When the embeddings file is missing: warn and train the embedding from scratch instead of
     # stopping. The cpu preset sets it, so a run without the GloVe file still works (less well).
     embeddings_optional: bool = False
+    # An autoencoder run directory or export whose embedding and encoder start this model (rnnapps.transfer).
+    init_from: str | None = None
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=400, max_length=48, embedding_dim=8, units=8,
@@ -165,6 +167,8 @@ class SentimentPipeline(Pipeline):
         if matrix is not None:
             # set_weights, not a Constant initializer: that would copy the matrix into the config.
             embedding.set_weights([matrix])
+        if config.init_from:
+            init_sentiment_from_autoencoder(model, config.init_from)
         model.compile(
             optimizer=runtime.make_optimizer(config),
             loss="binary_crossentropy",
@@ -226,9 +230,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 @click.command("sentiment")
 @click.argument("texts", nargs=-1)
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 def predict_command(texts, model_path, export_dir):
     """Classify review TEXTS (or lines from stdin) as positive or negative.
 
@@ -237,11 +239,8 @@ def predict_command(texts, model_path, export_dir):
       rnnapps predict sentiment "A wonderful, moving film." "Two hours I will never get back."
       cut -f1 reviews.tsv | rnnapps predict sentiment --model saved_models/sentiment/3
     """
-    if not texts:
-        if sys.stdin.isatty():
-            raise click.UsageError("give review texts as arguments or pipe them in, one per line")
-        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
-    loaded = load_export(model_path or latest_export(export_dir, "sentiment"))
+    texts = read_texts(texts)
+    loaded, _ = served_model("sentiment", model_path, export_dir)
     outputs = loaded.signatures["serving_default"](text=tf.constant(list(texts), tf.string))
     for text, label, probability in zip(texts, outputs["label"].numpy(), outputs["probability"].numpy(), strict=True):
         snippet = text if len(text) <= 70 else text[:67] + "..."

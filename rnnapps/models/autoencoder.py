@@ -1,0 +1,330 @@
+"""A sequence autoencoder: text → one dense vector → the same text.
+
+The model behind ``rnnapps run autoencoder`` and the pretraining of the
+sentiment encoder (Dai & Le 2015, "Semi-supervised Sequence Learning").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from rnnapps.data.text import make_vectorizer
+from rnnapps.models.decoding import greedy_decode
+from rnnapps.models.recurrent import _RNN_CLASSES, CELL_TYPES, RecurrentStack
+from rnnapps.models.sequence import ClipSequenceLength
+
+START_TOKEN, END_TOKEN = "<s>", "</s>"
+# Ids: 0 padding and 1 [UNK] (TextVectorization's), then the two markers the decoder needs.
+PAD_ID, UNKNOWN_ID, START_ID, END_ID = 0, 1, 2, 3
+
+
+def with_markers(vocabulary: Sequence[str]) -> list[str]:
+    """``vocabulary`` (padding and ``[UNK]`` first, as ``build_vocabulary`` returns it) with ``<s>``, ``</s>`` inserted at 2, 3.
+
+    The markers can never come out of the standardiser, which splits ``<`` and
+    ``/`` off words, so they cannot collide with a real token.
+    """
+    vocabulary = [str(token) for token in vocabulary]
+    if len(vocabulary) < 2:
+        raise ValueError(f"Expected a vocabulary with padding and [UNK] first. Received: {vocabulary!r}")
+    return [*vocabulary[:2], START_TOKEN, END_TOKEN, *vocabulary[2:]]
+
+
+def reconstruction_targets(token_ids):
+    """``(decoder_inputs, labels)`` for teacher forcing: ``<s> w1..wn`` and ``w1..wn </s>``.
+
+    ``token_ids`` is int ``(batch, time)``, post-padded with 0; both outputs are
+    int32 ``(batch, time + 1)``, 0 after each sequence.
+    """
+    token_ids = ops.cast(token_ids, "int32")
+    batch = ops.shape(token_ids)[0]
+    lengths = ops.sum(ops.cast(ops.not_equal(token_ids, PAD_ID), "int32"), axis=1)
+    decoder_inputs = ops.concatenate([ops.full((batch, 1), START_ID, dtype="int32"), token_ids], axis=1)
+    padded = ops.pad(token_ids, [[0, 0], [0, 1]])
+    positions = ops.expand_dims(ops.arange(ops.shape(padded)[1], dtype="int32"), 0)
+    labels = ops.where(ops.equal(positions, ops.expand_dims(lengths, 1)), END_ID, padded)
+    return decoder_inputs, labels
+
+
+def _check_positive(name, value):
+    if int(value) < 1:
+        raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+    return int(value)
+
+
+def _check_rate(name, value):
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"Expected 0 <= {name} < 1. Received: {name}={value}")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class Seq2SeqAutoencoder(keras.Model):
+    """Sequence autoencoder: embedding → recurrent encoder → dense code → recurrent decoder.
+
+    The encoder is a :class:`~rnnapps.models.recurrent.RecurrentStack` (named
+    ``"encoder"``, like the sentiment model's, so its weights transfer); its
+    final states (forward and backward, ``h`` and ``c`` for an LSTM) go through
+    a tanh ``Dense`` bottleneck to the code of ``code_size`` numbers, the only
+    thing the decoder learns about the input. One tanh bridge per decoder state
+    maps the code to the decoder's initial state; the decoder (GRU/LSTM) then
+    predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing). With
+    ``word_dropout`` some decoder inputs become ``[UNK]`` during training, so
+    the decoder cannot lean on the previous word and the code has to carry the
+    content (Bowman et al. 2016). Inference decodes greedily from the code, in
+    the graph. The embedding is shared by encoder and decoder. The vocabulary
+    travels in the config, so the model reads raw strings after a reload.
+
+    ``fit(token_ids)`` trains it (the input is its own target): the loss is the
+    mean cross-entropy per target token, padding masked; ``token_accuracy``
+    (teacher-forced) is logged beside it.
+
+    References: Dai & Le 2015, "Semi-supervised Sequence Learning" (sequence
+    autoencoder pretraining); Sutskever et al. 2014 (encoder–decoder); Bowman
+    et al. 2016, "Generating Sentences from a Continuous Space" (word dropout).
+
+    Args:
+        vocabulary: tokens, ``""``, ``[UNK]``, ``<s>``, ``</s>`` first (see
+            :func:`with_markers`).
+        embedding_dim: width of the token embedding.
+        cell: encoder cell, one of ``"lstm"``, ``"gru"``, ``"simple_rnn"``.
+        units: encoder units per direction and layer.
+        depth: encoder layers.
+        bidirectional: bidirectional encoder.
+        code_size: size of the code (the sentence embedding).
+        decoder_cell: decoder cell (default: ``cell``).
+        decoder_units: decoder units.
+        embedding_dropout: dropout on the embedded tokens (encoder and decoder).
+        dropout: dropout between encoder layers and before the output projection.
+        word_dropout: probability of replacing a decoder input token by
+            ``[UNK]`` during training.
+        max_length: tokens read per text (the head); decoding emits at most
+            ``max_length + 1`` tokens (``</s>`` included).
+        seed: seed of the dropout masks and the word dropout.
+
+    Call arguments:
+        token_ids: int ``(batch, time)``, 0 = padding at the end.
+        training: whether the dropouts are active.
+
+    Returns (call):
+        float32 logits ``(batch, time + 1, vocabulary_size)`` for ``w1..wn </s>``.
+
+    Example:
+
+    >>> model = Seq2SeqAutoencoder(with_markers(["", "[UNK]", "a", "dog"]), embedding_dim=4, units=4, code_size=3,
+    ...                            decoder_units=4)
+    >>> tuple(model.encode_text(tf.constant(["A dog!", ""])).shape)
+    (2, 3)
+    >>> model.reconstruct_text(tf.constant(["a dog"]))["text"].shape
+    TensorShape([1])
+    """
+
+    def __init__(
+        self,
+        vocabulary,
+        embedding_dim: int = 128,
+        cell: str = "lstm",
+        units: int = 64,
+        depth: int = 1,
+        bidirectional: bool = True,
+        code_size: int = 256,
+        decoder_cell: str | None = None,
+        decoder_units: int = 256,
+        embedding_dropout: float = 0.0,
+        dropout: float = 0.0,
+        word_dropout: float = 0.0,
+        max_length: int = 50,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary = [str(token) for token in vocabulary]
+        if self.vocabulary[2:4] != [START_TOKEN, END_TOKEN]:
+            raise ValueError(
+                f"Expected vocabulary[2:4] == {[START_TOKEN, END_TOKEN]} (see with_markers()). "
+                f"Received: vocabulary[:4]={self.vocabulary[:4]}"
+            )
+        decoder_cell = cell if decoder_cell is None else decoder_cell
+        for name, value in (("cell", cell), ("decoder_cell", decoder_cell)):
+            if value not in CELL_TYPES:
+                raise ValueError(f"Expected {name} to be one of {CELL_TYPES}. Received: {name}={value!r}")
+        self.cell = cell
+        self.decoder_cell = decoder_cell
+        self.embedding_dim = _check_positive("embedding_dim", embedding_dim)
+        self.units = _check_positive("units", units)
+        self.depth = _check_positive("depth", depth)
+        self.bidirectional = bool(bidirectional)
+        self.code_size = _check_positive("code_size", code_size)
+        self.decoder_units = _check_positive("decoder_units", decoder_units)
+        self.embedding_dropout_rate = _check_rate("embedding_dropout", embedding_dropout)
+        self.dropout = _check_rate("dropout", dropout)
+        self.word_dropout = _check_rate("word_dropout", word_dropout)
+        self.max_length = _check_positive("max_length", max_length)
+        self.seed = seed
+        vocabulary_size = len(self.vocabulary)
+
+        self.vectorizer = make_vectorizer(self.vocabulary, name="vectorizer")
+        self.clip = ClipSequenceLength(self.max_length, name="clip_length")
+        self.embedding = keras.layers.Embedding(vocabulary_size, self.embedding_dim, name="embedding")
+        self.embedding_dropout = keras.layers.Dropout(self.embedding_dropout_rate, seed=seed, name="embedding_dropout")
+        self.encoder = RecurrentStack(
+            self.units, cell=cell, depth=self.depth, bidirectional=self.bidirectional, dropout=self.dropout,
+            return_sequences=False, return_state=True, seed=seed, name="encoder",
+        )
+        self.bottleneck = keras.layers.Dense(self.code_size, activation="tanh", name="bottleneck")
+        self.bridges = [
+            keras.layers.Dense(self.decoder_units, activation="tanh", name=f"bridge_{index}")
+            for index in range(2 if decoder_cell == "lstm" else 1)
+        ]
+        self.decoder = _RNN_CLASSES[decoder_cell](self.decoder_units, return_sequences=True, name="decoder")
+        self.output_dropout = keras.layers.Dropout(
+            self.dropout, seed=None if seed is None else seed + 1, name="output_dropout"
+        )
+        # float32 logits keep the softmax and the loss numerically safe under mixed precision.
+        self.projection = keras.layers.Dense(vocabulary_size, dtype="float32", name="projection")
+        self.word_dropout_seed = keras.random.SeedGenerator(None if seed is None else seed + 2)
+        self.token_accuracy_tracker = keras.metrics.Mean(name="token_accuracy")
+
+        self.embedding.build((None, None))
+        self.encoder.build((None, None, self.embedding_dim))
+        # Final states: h (and c for an LSTM) per direction.
+        states = (2 if cell == "lstm" else 1) * (2 if self.bidirectional else 1)
+        self.bottleneck.build((None, states * self.units))
+        for bridge in self.bridges:
+            bridge.build((None, self.code_size))
+        self.decoder.build((None, None, self.embedding_dim))
+        self.projection.build((None, self.decoder_units))
+        # Every weight exists now: a reloaded model restores them without a forward pass.
+        self.built = True
+
+    # -- the parts ----------------------------------------------------------------------------
+
+    def token_ids(self, text):
+        """The int32 ids ``(batch, time >= 1)`` the model reads from raw strings ``(batch,)``."""
+        text = tf.reshape(tf.convert_to_tensor(text, tf.string), [-1])
+        return tf.cast(self.clip(self.vectorizer(text)), tf.int32)
+
+    def encode(self, token_ids, training=False):
+        """The code ``(batch, code_size)`` of token ids ``(batch, time)``."""
+        token_ids = ops.cast(token_ids, "int32")
+        mask = ops.not_equal(token_ids, PAD_ID)
+        embedded = self.embedding_dropout(self.embedding(token_ids), training=training)
+        _, *states = self.encoder(embedded, mask=mask, training=training)
+        return self.bottleneck(ops.concatenate(states, axis=-1))
+
+    def initial_decoder_states(self, code):
+        """The decoder's initial state list from codes ``(batch, code_size)``."""
+        return [bridge(code) for bridge in self.bridges]
+
+    def decode_teacher_forced(self, code, token_ids, training=False):
+        """Logits ``(batch, time + 1, vocabulary)`` of ``w1..wn </s>`` given the code and ``<s> w1..wn``."""
+        decoder_inputs, _ = reconstruction_targets(token_ids)
+        if training and self.word_dropout > 0:
+            drop = keras.random.uniform(ops.shape(decoder_inputs), seed=self.word_dropout_seed) < self.word_dropout
+            # <s> (position 0) and padding stay; any other input may become [UNK].
+            positions = ops.expand_dims(ops.arange(ops.shape(decoder_inputs)[1]), 0)
+            drop = drop & (positions > 0) & ops.not_equal(decoder_inputs, PAD_ID)
+            decoder_inputs = ops.where(drop, UNKNOWN_ID, decoder_inputs)
+        embedded = self.embedding_dropout(self.embedding(decoder_inputs), training=training)
+        outputs = self.decoder(
+            embedded,
+            initial_state=self.initial_decoder_states(code),
+            mask=ops.not_equal(decoder_inputs, PAD_ID),
+            training=training,
+        )
+        return self.projection(self.output_dropout(outputs, training=training))
+
+    def call(self, token_ids, training=False):
+        return self.decode_teacher_forced(self.encode(token_ids, training=training), token_ids, training=training)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        _, labels = reconstruction_targets(x)
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1), -1)
+        weights = ops.cast(ops.not_equal(labels, PAD_ID), "float32")
+        if sample_weight is not None:
+            weights = weights * ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
+        total = ops.maximum(ops.sum(weights), 1.0)
+        correct = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), ops.cast(labels, "int64")), "float32")
+        self.token_accuracy_tracker.update_state(ops.sum(correct * weights) / total, sample_weight=total)
+        loss = ops.sum(nll * weights) / total
+        for extra in self.losses:
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        return _scale_for_replicas(loss)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def greedy_reconstruct(self, code, max_length: int | None = None):
+        """Greedy decoding from codes ``(batch, code_size)``: a :class:`~rnnapps.models.decoding.DecodeResult`.
+
+        ``ids`` is ``(batch, max_length + 1)`` and ends with ``</s>`` then 0;
+        ``<s>`` is never emitted.
+        """
+        steps = self.max_length + 1 if max_length is None else int(max_length)
+        code = tf.convert_to_tensor(code)
+        cell = self.decoder.cell
+        banned = tf.equal(tf.range(len(self.vocabulary)), START_ID)
+
+        def step_fn(tokens, states):
+            outputs, new_states = cell(self.embedding(tokens), states, training=False)
+            new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
+            logits = tf.where(banned, -1e9, tf.cast(self.projection(outputs), tf.float32))
+            return tf.nn.log_softmax(logits), new_states, None
+
+        return greedy_decode(
+            step_fn, self.initial_decoder_states(code), START_ID, END_ID, steps, batch_size=tf.shape(code)[0]
+        )
+
+    def encode_text(self, text):
+        """Codes ``(batch, code_size)`` (float32) of raw strings ``(batch,)``."""
+        return tf.cast(self.encode(self.token_ids(text)), tf.float32)
+
+    def ids_to_text(self, ids):
+        """Space-joined tokens of id rows ``(batch, time)``, stopping at ``</s>`` and padding."""
+        ids = tf.convert_to_tensor(ids)
+        ends = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1) > 0
+        tokens = tf.gather(tf.constant(self.vocabulary), ids)
+        words = tf.ragged.boolean_mask(tokens, tf.logical_not(ends) & tf.not_equal(ids, PAD_ID))
+        return tf.strings.reduce_join(words, axis=1, separator=" ")
+
+    def reconstruct_text(self, text, max_length: int | None = None):
+        """``{"text", "ids", "lengths"}``: greedy reconstructions of raw strings ``(batch,)``.
+
+        ``text`` is the standardised tokens joined by spaces (``</s>`` excluded);
+        ``ids`` int32 ``(batch, steps)``; ``lengths`` counts ``</s>``.
+        """
+        result = self.greedy_reconstruct(self.encode(self.token_ids(text)), max_length)
+        return {"text": self.ids_to_text(result.ids), "ids": result.ids, "lengths": result.lengths}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocabulary=list(self.vocabulary),
+            embedding_dim=self.embedding_dim,
+            cell=self.cell,
+            units=self.units,
+            depth=self.depth,
+            bidirectional=self.bidirectional,
+            code_size=self.code_size,
+            decoder_cell=self.decoder_cell,
+            decoder_units=self.decoder_units,
+            embedding_dropout=self.embedding_dropout_rate,
+            dropout=self.dropout,
+            word_dropout=self.word_dropout,
+            max_length=self.max_length,
+            seed=self.seed,
+        )
+        return config
+
+
+def _scale_for_replicas(loss):
+    # Keras sums per-replica gradients under tf.distribute, so a custom per-replica mean is
+    # divided by the replica count, as Keras does for compiled losses.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss

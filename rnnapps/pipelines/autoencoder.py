@@ -1,0 +1,393 @@
+"""Sequence autoencoder: text → one vector → the same text; its encoder pre-trains sentiment.
+
+What it does, in five bullets:
+
+* reads one text per example — IMDB reviews by default (train split, labels
+  ignored, the first ``max_length`` tokens kept), the English side of Multi30k
+  (``--set dataset=multi30k``), or any text file/folder, one example a line
+  (``--set corpus=PATH``) — and builds the vocabulary on train only with the
+  project's one standardiser, plus ``<s>`` and ``</s>``;
+* embeds the tokens and reads them with a (bi)LSTM/GRU ``RecurrentStack`` named
+  ``encoder``, exactly like the sentiment model's; its final states go through
+  a tanh bottleneck to the code, one vector of ``code_size`` numbers;
+* a GRU/LSTM decoder starts from the code (tanh bridges to its initial state)
+  and predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing), with
+  optional word dropout on its inputs so that the code must carry the content;
+  trained with ``fit(X)``: the input is its own target;
+* reports, on held-out text, greedy reconstruction token accuracy and exact
+  match (and the teacher-forced accuracy), writes sample reconstructions and,
+  for IMDB, a 2-D PCA picture of the review codes coloured by label;
+* exports ``serving_default``/``encode(text) -> {embedding}``,
+  ``reconstruct(text) -> {text}`` and ``vocabulary() -> {tokens}``; then
+  ``rnnapps run sentiment --set init_from=<this run or export>`` starts the
+  sentiment model from this embedding and encoder (``rnnapps.transfer``).
+
+References: Dai & Le 2015, "Semi-supervised Sequence Learning" (sequence
+autoencoder pretraining, SA-LSTM); Bowman et al. 2016 (word dropout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rnnapps import runtime
+from rnnapps.config import TrainingConfig
+from rnnapps.data import imdb
+from rnnapps.data.parallel_text import load_parallel_corpus
+from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
+from rnnapps.data.text_corpus import load_corpus
+from rnnapps.errors import ConfigError
+from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.models.autoencoder import (
+    PAD_ID,
+    Seq2SeqAutoencoder,
+    reconstruction_targets,
+    with_markers,
+)
+from rnnapps.models.recurrent import CELL_TYPES
+from rnnapps.models.sequence import ClipSequenceLength
+from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.translate import detokenize
+
+DATASETS = ("imdb", "multi30k")
+LABELS = ("negative", "positive")
+# Texts reconstructed per call in evaluation.
+EVALUATION_BATCH = 128
+# Held-out reconstructions written to the run directory.
+SAMPLE_RECONSTRUCTIONS = 50
+
+
+@dataclasses.dataclass
+class AutoencoderConfig(TrainingConfig):
+    # "imdb" (reviews, labels ignored) or "multi30k" (English captions); see ``corpus``.
+    dataset: str = "imdb"
+    # A UTF-8 text file or folder of *.txt, one example a line; overrides ``dataset`` when set.
+    corpus: str | None = None
+    # Words as in the sentiment pipeline (padding and [UNK] included); <s> and </s> come on top.
+    vocab_size: int = 20000
+    # Tokens read per text (the head); decoding emits at most max_length + 1 (</s> included).
+    max_length: int = 40
+    # Encoder: keep embedding_dim, cell, units, depth and bidirectional equal to the sentiment
+    # model's so that its weights transfer (defaults: the sentiment pipeline's).
+    embedding_dim: int = 128
+    cell: str = "lstm"
+    units: int = 64
+    depth: int = 1
+    bidirectional: bool = True
+    code_size: int = 256
+    # Decoder cell (None: the encoder's) and width.
+    decoder_cell: str | None = None
+    decoder_units: int = 256
+    embedding_dropout: float = 0.1
+    dropout: float = 0.2
+    # Probability of replacing a decoder input token by [UNK] while training.
+    word_dropout: float = 0.2
+    # Share of the texts held out for validation (IMDB: out of train, as sentiment does; a
+    # corpus: validation and test each).
+    validation_fraction: float = 0.1
+    bucket_width: int = 8
+    # Held-out texts whose greedy reconstruction is scored (None: all).
+    eval_examples: int | None = None
+    # IMDB test reviews in the PCA picture.
+    plot_examples: int = 2000
+
+    PRESETS: ClassVar[dict] = {
+        "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=200, max_length=16, embedding_dim=8,
+                      units=8, code_size=16, decoder_units=16, embedding_dropout=0.0, dropout=0.0, word_dropout=0.0,
+                      bucket_width=4, plot_examples=32, early_stopping_patience=0),
+        # Not yet measured (docs/autoencoder.md): the encoder matches the sentiment cpu preset run
+        # with --set embeddings=none; the 20k-way softmax dominates the cost, hence 40 tokens,
+        # a time budget and 5,000 scored test reviews.
+        "cpu": dict(epochs=3, batch_size=64, learning_rate=2e-3, max_length=40, code_size=256, decoder_units=256,
+                    eval_examples=5000, time_budget_minutes=25.0),
+        "full": dict(epochs=10, batch_size=128, learning_rate=1e-3, vocab_size=40000, max_length=200, embedding_dim=300,
+                     units=256, depth=2, code_size=1024, decoder_units=1024, early_stopping_patience=3),
+    }
+
+    def validate(self) -> None:
+        if self.corpus is None and self.dataset not in DATASETS:
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} (or set corpus=PATH)")
+        for name, value in (("cell", self.cell), ("decoder_cell", self.decoder_cell or self.cell)):
+            if value not in CELL_TYPES:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(CELL_TYPES)}")
+        for name in ("vocab_size", "max_length", "embedding_dim", "units", "depth", "code_size", "decoder_units",
+                     "bucket_width", "plot_examples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
+        for name in ("embedding_dropout", "dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ConfigError(f"validation_fraction={self.validation_fraction!r} must be in (0, 0.5)")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def load_texts(config: AutoencoderConfig, data_dir: Path | None) -> dict:
+    """``{"train", "validation", "test": list[str], "test_labels": int array or None}`` of the chosen source."""
+    test_labels = None
+    if config.corpus:
+        lines = [line.strip() for line in load_corpus(data_dir, config.corpus).split("\n") if line.strip()]
+        if len(lines) < 3:
+            raise ConfigError(f"corpus {config.corpus!r} has {len(lines)} non-empty line(s); it needs at least 3")
+        # Seeded splits: test first, then validation out of the rest, each validation_fraction of the lines.
+        (rest, _), (test, _) = imdb.split_validation(lines, np.zeros(len(lines)), config.validation_fraction,
+                                                     config.seed)
+        (train, _), (validation, _) = imdb.split_validation(
+            rest, np.zeros(len(rest)), config.validation_fraction / (1 - config.validation_fraction), config.seed
+        )
+        train = train[: config.max_train_examples] if config.max_train_examples else train
+    elif config.dataset == "imdb":
+        splits = imdb.load_imdb(data_dir)
+        train, labels = splits["train"]
+        if config.max_train_examples:
+            train, labels = train[: config.max_train_examples], labels[: config.max_train_examples]
+        # The sentiment pipeline's split (same fraction and seed): no validation review is pretrained on.
+        (train, _), (validation, _) = imdb.split_validation(train, labels, config.validation_fraction, config.seed)
+        test, test_labels = splits["test"]
+    else:
+        corpus = load_parallel_corpus("multi30k", "de", "en", data_dir, seed=config.seed)
+        train, validation, test = ([english for _, english in corpus[split]] for split in ("train", "validation", "test"))
+        train = train[: config.max_train_examples] if config.max_train_examples else train
+    return {"train": list(train), "validation": list(validation), "test": list(test), "test_labels": test_labels}
+
+
+def token_id_dataset(texts, vocabulary, config: AutoencoderConfig, shuffle: bool) -> tf.data.Dataset:
+    """Batches of int32 token ids ``(batch, time)`` (the model's input and target), bucketed by length."""
+    vectorizer = make_vectorizer(vocabulary)
+    clip = ClipSequenceLength(config.max_length)
+    dataset = text_label_dataset(
+        texts, np.zeros(len(texts), "int32"), config.batch_size, config.max_length, config.bucket_width, shuffle,
+        config.seed,
+    )
+    return dataset.map(lambda text, _: tf.cast(clip(vectorizer(text)), tf.int32), tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+# --- metrics and pictures --------------------------------------------------------------------
+
+def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH) -> dict:
+    """Greedy reconstruction of ``texts``: token accuracy and exact match, with samples.
+
+    The reference is the tokens the model reads (standardised, cut at
+    ``max_length``, ``[UNK]`` for unknown words) followed by ``</s>``; a token
+    counts as right when the decoder emits it at the same position, and a text
+    matches exactly when every position (``</s>`` included) is right.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def score(text):
+        ids = model.token_ids(text)
+        result = model.greedy_reconstruct(model.encode(ids))
+        _, labels = reconstruction_targets(ids)
+        hypotheses = result.ids[:, : tf.shape(labels)[1]]
+        hypotheses = tf.pad(hypotheses, [[0, 0], [0, tf.shape(labels)[1] - tf.shape(hypotheses)[1]]])
+        real = tf.not_equal(labels, PAD_ID)
+        right = tf.equal(hypotheses, labels) & real
+        counts = tf.reduce_sum(tf.cast(right, tf.int64), axis=1)
+        totals = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
+        return counts, totals, model.ids_to_text(result.ids)
+
+    right = total = exact = 0
+    samples = []
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        counts, totals, reconstructions = (value.numpy() for value in score(tf.constant(batch)))
+        right += int(counts.sum())
+        total += int(totals.sum())
+        exact += int((counts == totals).sum())
+        for text, reconstruction in zip(batch, reconstructions, strict=True):
+            if len(samples) < SAMPLE_RECONSTRUCTIONS:
+                samples.append({"text": text, "reconstruction": reconstruction.decode("utf-8")})
+    return {
+        "token_accuracy": right / max(total, 1),
+        "exact_match": exact / max(len(texts), 1),
+        "examples": len(texts),
+        "tokens": total,
+        "samples": samples,
+    }
+
+
+def encode_texts(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
+    """Codes ``(len(texts), code_size)`` as float32 NumPy."""
+    encode = tf.function(model.encode_text, input_signature=[tf.TensorSpec([None], tf.string)])
+    blocks = [encode(tf.constant(list(texts[start : start + batch_size]))).numpy()
+              for start in range(0, len(texts), batch_size)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, model.code_size), "float32")
+
+
+def principal_components(points: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of ``points`` on their first ``count`` principal axes, and each axis' share of the variance."""
+    centered = points - points.mean(axis=0, keepdims=True)
+    _, singular, axes = np.linalg.svd(centered, full_matrices=False)
+    variance = singular**2
+    share = variance[:count] / max(float(variance.sum()), 1e-12)
+    return centered @ axes[:count].T, share
+
+
+def plot_embedding_pca(codes, labels, path, title: str = "") -> tuple[Path, list[float]]:
+    """Scatter of the codes' 2-D PCA projection, one colour per label; returns the path and variance shares."""
+    import matplotlib.pyplot as plt
+
+    from rnnapps import plots  # noqa: F401  (selects the headless Agg backend)
+
+    projected, share = principal_components(np.asarray(codes, "float64"))
+    labels = np.asarray(labels)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    for value, name, colour in zip((0, 1), LABELS, ("tab:red", "tab:blue"), strict=True):
+        chosen = labels == value
+        axis.scatter(projected[chosen, 0], projected[chosen, 1], s=6, alpha=0.5, color=colour, label=name)
+    axis.set_xlabel(f"PC 1 ({share[0]:.0%} of variance)")
+    axis.set_ylabel(f"PC 2 ({share[1]:.0%} of variance)" if len(share) > 1 else "PC 2")
+    axis.set_title(title or "Review codes, 2-D PCA")
+    axis.legend(markerscale=3)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path), [float(value) for value in share]
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+class AutoencoderPipeline(Pipeline):
+    name = "autoencoder"
+    config_class = AutoencoderConfig
+    monitor = "val_token_accuracy"
+    monitor_mode = "max"
+
+    def load_data(self, config: AutoencoderConfig, data_dir: Path | None) -> Datasets:
+        config.validate()
+        texts = load_texts(config, data_dir)
+        vocabulary = with_markers(build_vocabulary(texts["train"], config.vocab_size))
+        make = lambda split, shuffle: token_id_dataset(texts[split], vocabulary, config, shuffle)  # noqa: E731
+        return Datasets(
+            train=make("train", True),
+            validation=make("validation", False),
+            test=make("test", False),
+            info={
+                "vocabulary": vocabulary,
+                "texts": {"validation": texts["validation"], "test": texts["test"]},
+                "test_labels": texts["test_labels"],
+                "sizes": {split: len(texts[split]) for split in ("train", "validation", "test")},
+            },
+        )
+
+    def build_model(self, config: AutoencoderConfig, datasets: Datasets) -> keras.Model:
+        config.validate()
+        model = Seq2SeqAutoencoder(
+            datasets.info["vocabulary"],
+            embedding_dim=config.embedding_dim,
+            cell=config.cell,
+            units=config.units,
+            depth=config.depth,
+            bidirectional=config.bidirectional,
+            code_size=config.code_size,
+            decoder_cell=config.decoder_cell,
+            decoder_units=config.decoder_units,
+            embedding_dropout=config.embedding_dropout,
+            dropout=config.dropout,
+            word_dropout=config.word_dropout,
+            max_length=config.max_length,
+            seed=config.seed,
+            name="autoencoder",
+        )
+        # No XLA: Keras refuses jit_compile for a model holding a TextVectorization (string ops).
+        model.compile(optimizer=runtime.make_optimizer(config), jit_compile=False)
+        return model
+
+    def evaluate(self, model: Seq2SeqAutoencoder, datasets: Datasets, config: AutoencoderConfig, run_dir: Path) -> dict:
+        texts = datasets.info["texts"]["test"]
+        scored = texts[: config.eval_examples] if config.eval_examples else texts
+        greedy = reconstruction_metrics(model, scored)
+        with warnings.catch_warnings():
+            # A bucketed dataset has unknown length until its first pass: Keras' warning only confuses.
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            teacher_forced = model.evaluate(datasets.test, return_dict=True, verbose=0)
+        (run_dir / "test_reconstructions.jsonl").write_text(
+            "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in greedy["samples"])
+        )
+        metrics = {
+            "test_token_accuracy": greedy["token_accuracy"],
+            "test_exact_match": greedy["exact_match"],
+            "test_examples": greedy["examples"],
+            "test_tokens": greedy["tokens"],
+            "test_teacher_forced_token_accuracy": float(teacher_forced["token_accuracy"]),
+            "test_loss": float(teacher_forced["loss"]),
+        }
+        labels = datasets.info.get("test_labels")
+        if labels is not None:
+            order = np.random.default_rng(config.seed).permutation(len(texts))[: config.plot_examples]
+            codes = encode_texts(model, [texts[index] for index in order])
+            path, share = plot_embedding_pca(
+                codes, np.asarray(labels)[order], run_dir / "embedding_pca.png",
+                title=f"IMDB test review codes ({len(order)}), 2-D PCA",
+            )
+            metrics["embedding_plot"] = str(path)
+            metrics["pca_variance_share"] = share
+        return metrics
+
+    def serving(self, model: Seq2SeqAutoencoder, config) -> dict[str, Endpoint]:
+        text_spec = [tf.TensorSpec([None], tf.string, name="text")]
+
+        def encode(text):
+            return {"embedding": model.encode_text(text)}
+
+        def reconstruct(text):
+            return {"text": detokenize(model.reconstruct_text(text)["text"])}
+
+        def vocabulary():
+            # What rnnapps.transfer needs to remap an export's embedding rows by token.
+            return {"tokens": tf.constant(model.vocabulary)}
+
+        return {
+            "serving_default": Endpoint(encode, text_spec),
+            "encode": Endpoint(encode, text_spec),
+            "reconstruct": Endpoint(reconstruct, text_spec),
+            "vocabulary": Endpoint(vocabulary, []),
+        }
+
+
+@click.command("autoencoder")
+@click.argument("texts", nargs=-1)
+@click.option("--show-embedding", is_flag=True, help="Also print the embedding itself, as a JSON list.")
+@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
+              help="A SavedModel version directory (default: the latest under --export-dir).")
+@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+def predict_command(texts, show_embedding, model_path, export_dir):
+    """Encode TEXTS (or lines from stdin) and decode them back: prints the embedding's norm and the reconstruction.
+
+    \b
+    Output, one line per text: NORM<TAB>RECONSTRUCTION[<TAB>EMBEDDING]
+    Examples:
+      rnnapps predict autoencoder "A wonderful, moving film."
+      rnnapps predict autoencoder --show-embedding --model saved_models/autoencoder/2 "Two dogs play in the snow."
+    """
+    if not texts:
+        if sys.stdin.isatty():
+            raise click.UsageError("give texts as arguments or pipe them in, one per line")
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    loaded = load_export(model_path or latest_export(export_dir, "autoencoder"))
+    batch = tf.constant(list(texts), tf.string)
+    embeddings = loaded.signatures["encode"](text=batch)["embedding"].numpy()
+    reconstructions = loaded.signatures["reconstruct"](text=batch)["text"].numpy()
+    for embedding, reconstruction in zip(embeddings, reconstructions, strict=True):
+        line = f"{float(np.linalg.norm(embedding)):.4f}\t{reconstruction.decode('utf-8')}"
+        if show_embedding:
+            line += "\t" + json.dumps([round(float(value), 6) for value in embedding])
+        click.echo(line)
+
+
+PIPELINE = AutoencoderPipeline()
+PIPELINE.predict_command = predict_command
