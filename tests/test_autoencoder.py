@@ -187,6 +187,8 @@ def test_cli_predict_prints_norm_and_reconstruction(smoke_run):
     expected = loaded.signatures["encode"](text=tf.constant(["The film was great."]))["embedding"].numpy()[0]
     assert float(norm) == pytest.approx(np.linalg.norm(expected), abs=1e-3)
     assert np.allclose(json.loads(vector), expected, atol=1e-5)
+    piped = CliRunner().invoke(cli, ["predict", "autoencoder", "--model", str(moved)], input="a film\n\nthe cast\n")
+    assert piped.exit_code == 0 and len(piped.output.strip().splitlines()) == 2
 
 
 def test_multi30k_and_corpus_sources(tmp_path):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -47,7 +46,7 @@ from rnnapps.data.parallel_text import load_parallel_corpus
 from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
 from rnnapps.data.text_corpus import load_corpus
 from rnnapps.errors import ConfigError
-from rnnapps.export import Endpoint, latest_export, load_export
+from rnnapps.export import Endpoint
 from rnnapps.models.autoencoder import (
     PAD_ID,
     Seq2SeqAutoencoder,
@@ -56,7 +55,7 @@ from rnnapps.models.autoencoder import (
 )
 from rnnapps.models.recurrent import CELL_TYPES
 from rnnapps.models.sequence import ClipSequenceLength
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
 from rnnapps.pipelines.translate import detokenize
 
 DATASETS = ("imdb", "multi30k")
@@ -362,9 +361,7 @@ class AutoencoderPipeline(Pipeline):
 @click.command("autoencoder")
 @click.argument("texts", nargs=-1)
 @click.option("--show-embedding", is_flag=True, help="Also print the embedding itself, as a JSON list.")
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 def predict_command(texts, show_embedding, model_path, export_dir):
     """Encode TEXTS (or lines from stdin) and decode them back: prints the embedding's norm and the reconstruction.
 
@@ -374,11 +371,8 @@ def predict_command(texts, show_embedding, model_path, export_dir):
       rnnapps predict autoencoder "A wonderful, moving film."
       rnnapps predict autoencoder --show-embedding --model saved_models/autoencoder/2 "Two dogs play in the snow."
     """
-    if not texts:
-        if sys.stdin.isatty():
-            raise click.UsageError("give texts as arguments or pipe them in, one per line")
-        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
-    loaded = load_export(model_path or latest_export(export_dir, "autoencoder"))
+    texts = read_texts(texts)
+    loaded, _ = served_model("autoencoder", model_path, export_dir)
     batch = tf.constant(list(texts), tf.string)
     embeddings = loaded.signatures["encode"](text=batch)["embedding"].numpy()
     reconstructions = loaded.signatures["reconstruct"](text=batch)["text"].numpy()

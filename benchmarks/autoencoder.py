@@ -1,0 +1,218 @@
+"""Sequence autoencoder benchmark: Multi30k reconstruction, and Dai & Le's pretraining protocol on IMDB.
+
+1. ``multi30k``: the autoencoder trained on the English side of Multi30k train
+   (``MULTI30K_SETTINGS`` over the ``--preset``), then greedy reconstruction of
+   the 1,014 held-out val sentences: token accuracy (target >= 90%) and exact
+   match; test2016 too (from the run's metrics).
+2. ``dai-le`` (Dai & Le 2015 at our scale): (a) the autoencoder pretrained on
+   the IMDB train split that the sentiment pipeline trains on (labels ignored,
+   its validation reviews left out); (b) the sentiment ``cpu`` preset from
+   random init; (c) the same preset with ``--set init_from=<(a)'s run>``. (b)
+   and (c) share every setting (epochs, time budget, seed) but ``init_from``;
+   both use ``embeddings=none`` so that the comparison is random init against
+   pretraining, not against GloVe. IMDB test accuracy and wall times of all three.
+
+Every run goes through the shared runner, as ``rnnapps run`` does. Writes
+``benchmarks/results/autoencoder.json``; a part that is skipped keeps its old
+section there. ``--table`` prints the docs table from that file.
+
+Usage (the machine is shared: take the global benchmark lock):
+    nohup flock /work/bench.lock python benchmarks/autoencoder.py --data-dir /work/shared/data > /tmp/autoencoder_bench.log 2>&1 &
+    python benchmarks/autoencoder.py --data-dir tests/fixtures/data --multi30k-data-dir tests/fixtures \\
+        --preset smoke --sentiment-preset smoke --results /tmp/autoencoder.json   # a plumbing check
+    python benchmarks/autoencoder.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "autoencoder.json"
+TARGET_VAL_TOKEN_ACCURACY = 0.90
+# Multi30k captions are short (about 13 tokens): a wider GRU and code than the IMDB-shaped
+# defaults, light word dropout. Not tuned yet: the first run of this script says how far it gets.
+MULTI30K_SETTINGS = {
+    "dataset": "multi30k", "vocab_size": "10000", "max_length": "40", "embedding_dim": "256", "cell": "gru",
+    "units": "256", "code_size": "512", "decoder_units": "512", "embedding_dropout": "0.1", "dropout": "0.1",
+    "word_dropout": "0.1", "epochs": "30", "learning_rate": "2e-3", "early_stopping_patience": "3",
+    "time_budget_minutes": "30",
+}
+# Both sentiment arms: random init means no GloVe either.
+SENTIMENT_SETTINGS = {"embeddings": "none"}
+
+
+def _history_epochs(run_dir: Path) -> int:
+    from rnnapps import runtime
+
+    return len(runtime.read_history(run_dir / "history.csv").get("epoch", []))
+
+
+def run_multi30k(arguments, set_options: dict) -> dict:
+    import keras
+
+    from benchmarks.common import machine_under_load, timed_run
+    from rnnapps.config import resolve_config
+    from rnnapps.pipelines.autoencoder import AutoencoderConfig, load_texts, reconstruction_metrics
+
+    options = {**MULTI30K_SETTINGS, **set_options}
+    config = resolve_config(AutoencoderConfig, arguments.preset, set_options=options)
+    run = timed_run("autoencoder", arguments.preset, options, arguments.multi30k_data_dir,
+                    Path(arguments.work_dir) / "multi30k")
+    model = keras.saving.load_model(run.result.run_dir / "model.keras")
+    validation = load_texts(config, Path(arguments.multi30k_data_dir))["validation"]
+    scores = reconstruction_metrics(model, validation)
+    metrics = run.result.metrics
+    return {
+        "preset": arguments.preset,
+        "set_options": options,
+        "config": dict(vars(run.result.config)),
+        "val_token_accuracy": round(scores["token_accuracy"], 4),
+        "val_exact_match": round(scores["exact_match"], 4),
+        "val_examples": scores["examples"],
+        "test_token_accuracy": round(metrics["test_token_accuracy"], 4),
+        "test_exact_match": round(metrics["test_exact_match"], 4),
+        "test_teacher_forced_token_accuracy": round(metrics["test_teacher_forced_token_accuracy"], 4),
+        "target_val_token_accuracy": TARGET_VAL_TOKEN_ACCURACY,
+        "target_met": bool(scores["token_accuracy"] >= TARGET_VAL_TOKEN_ACCURACY),
+        "epochs_run": _history_epochs(run.result.run_dir),
+        "wall_seconds": round(run.wall_seconds, 1),
+        "train_seconds": metrics["train_seconds_this_session"],
+        "machine": machine_under_load(run.load_average_at_start),
+        "samples": scores["samples"][:10],
+        "run_dir": str(run.result.run_dir),
+    }
+
+
+def _sentiment_arm(run) -> dict:
+    metrics = run.result.metrics
+    return {
+        "test_accuracy": metrics["test_accuracy"],
+        "test_auc": metrics["test_auc"],
+        "epochs_run": _history_epochs(run.result.run_dir),
+        "wall_seconds": round(run.wall_seconds, 1),
+        "train_seconds": metrics["train_seconds_this_session"],
+        "run_dir": str(run.result.run_dir),
+    }
+
+
+def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) -> dict:
+    import keras
+
+    from benchmarks.common import machine_under_load, timed_run
+
+    work = Path(arguments.work_dir) / "dai_le"
+    pretraining = timed_run("autoencoder", arguments.preset, autoencoder_options, arguments.data_dir, work)
+    common = {**SENTIMENT_SETTINGS, **sentiment_options}
+    random_init = timed_run("sentiment", arguments.sentiment_preset, common, arguments.data_dir, work)
+    pretrained_options = {**common, "init_from": str(pretraining.result.run_dir)}
+    pretrained = timed_run("sentiment", arguments.sentiment_preset, pretrained_options, arguments.data_dir, work)
+
+    autoencoder = keras.saving.load_model(pretraining.result.run_dir / "model.keras")
+    sentiment = keras.saving.load_model(pretrained.result.run_dir / "model.keras")
+    sentiment_vocabulary = sentiment.get_layer("vectorizer").get_vocabulary()
+    known = set(autoencoder.vocabulary[1:])
+    coverage = sum(token in known for token in sentiment_vocabulary[1:]) / max(len(sentiment_vocabulary) - 1, 1)
+    metrics = pretraining.result.metrics
+    random_arm, pretrained_arm = _sentiment_arm(random_init), _sentiment_arm(pretrained)
+    return {
+        "autoencoder": {
+            "preset": arguments.preset,
+            "set_options": autoencoder_options,
+            "config": dict(vars(pretraining.result.config)),
+            "test_token_accuracy": round(metrics["test_token_accuracy"], 4),
+            "test_exact_match": round(metrics["test_exact_match"], 4),
+            "test_teacher_forced_token_accuracy": round(metrics["test_teacher_forced_token_accuracy"], 4),
+            "embedding_plot": metrics.get("embedding_plot"),
+            "epochs_run": _history_epochs(pretraining.result.run_dir),
+            "wall_seconds": round(pretraining.wall_seconds, 1),
+            "train_seconds": metrics["train_seconds_this_session"],
+        },
+        "sentiment_preset": arguments.sentiment_preset,
+        "sentiment_set_options": common,
+        "sentiment_config": dict(vars(random_init.result.config)),
+        "random_init": random_arm,
+        "pretrained": {**pretrained_arm, "embedding_coverage": round(coverage, 4)},
+        "test_accuracy_gain": round(pretrained_arm["test_accuracy"] - random_arm["test_accuracy"], 4),
+        "pretraining_helped": bool(pretrained_arm["test_accuracy"] > random_arm["test_accuracy"]),
+        "machine": machine_under_load(pretraining.load_average_at_start),
+    }
+
+
+def table(results: dict) -> str:
+    """The markdown table of docs/autoencoder.md."""
+    rows = ["| measurement | result | wall time |", "|---|---|---|"]
+    multi30k = results.get("multi30k")
+    if multi30k:
+        rows.append(
+            f"| Multi30k en val, greedy token accuracy (target ≥ 90%) | {multi30k['val_token_accuracy']:.1%} "
+            f"(exact match {multi30k['val_exact_match']:.1%}) | {multi30k['wall_seconds'] / 60:.1f} min |"
+        )
+    dai_le = results.get("dai_le")
+    if dai_le:
+        pretraining = dai_le["autoencoder"]
+        rows.append(
+            f"| IMDB autoencoder pretraining, test greedy token accuracy | {pretraining['test_token_accuracy']:.1%} "
+            f"| {pretraining['wall_seconds'] / 60:.1f} min |"
+        )
+        for name, key in (("random init", "random_init"), ("from the autoencoder", "pretrained")):
+            arm = dai_le[key]
+            rows.append(
+                f"| IMDB test accuracy, sentiment `{dai_le['sentiment_preset']}` {name} | {arm['test_accuracy']:.2%} "
+                f"(AUC {arm['test_auc']:.4f}, {arm['epochs_run']} epochs) | {arm['wall_seconds'] / 60:.1f} min |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="Folder holding imdb/ (and multi30k/).")
+    parser.add_argument("--multi30k-data-dir", help="Folder holding multi30k/ (default: --data-dir).")
+    parser.add_argument("--preset", default="cpu", help="Autoencoder preset.")
+    parser.add_argument("--sentiment-preset", default="cpu")
+    parser.add_argument("--set-multi30k", action="append", default=[], metavar="KEY=VALUE",
+                        help="Autoencoder override for the Multi30k run (over MULTI30K_SETTINGS).")
+    parser.add_argument("--set-imdb", action="append", default=[], metavar="KEY=VALUE",
+                        help="Autoencoder override for the IMDB pretraining.")
+    parser.add_argument("--set-sentiment", action="append", default=[], metavar="KEY=VALUE",
+                        help="Sentiment override for both arms.")
+    parser.add_argument("--skip-multi30k", action="store_true")
+    parser.add_argument("--skip-dai-le", action="store_true")
+    parser.add_argument("--work-dir", default=str(Path(__file__).parent / "work" / "autoencoder"),
+                        help="Runs and exports go here (git-ignored).")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--table", action="store_true", help="Print the docs table from --results and stop.")
+    arguments = parser.parse_args(argv)
+    results_path = Path(arguments.results)
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if arguments.table:
+        print(table(previous))
+        return previous
+    if not arguments.data_dir:
+        parser.error("--data-dir is required")
+    arguments.multi30k_data_dir = arguments.multi30k_data_dir or arguments.data_dir
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import command_line, write_report
+    from rnnapps.config import parse_set_options
+
+    results = dict(previous)
+    if not arguments.skip_multi30k:
+        results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k))
+        write_report(results_path, results)
+    if not arguments.skip_dai_le:
+        results["dai_le"] = run_dai_le(
+            arguments, parse_set_options(arguments.set_imdb), parse_set_options(arguments.set_sentiment)
+        )
+    results["command"] = command_line("autoencoder.py", argv)
+    write_report(results_path, results)
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
