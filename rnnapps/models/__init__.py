@@ -9,6 +9,7 @@ is imported.
 * translation: :class:`BahdanauAttention`, :class:`LuongAttention`,
   :class:`AttentionDecoderCell`, :class:`AttentionDecoder`, :func:`greedy_decode`,
   :func:`beam_search_decode`
+* autoencoders: :class:`Seq2SeqAutoencoder` (pre-trains sentiment's encoder)
 * language models: :func:`build_char_lm`, :class:`TruncatedBPTTModel`,
   :func:`sample_next`, :func:`generate_tokens`
 * images: :class:`MaskedConv2D`, :class:`RowLSTM` (PixelRNN), :class:`AttentionReader`,
@@ -17,6 +18,7 @@ is imported.
 
 from rnnapps.models.attention import BahdanauAttention, LuongAttention
 from rnnapps.models.attention_decoder import AttentionDecoder, AttentionDecoderCell
+from rnnapps.models.autoencoder import Seq2SeqAutoencoder
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.char_lm import ResetStatesAtEpochStart, TruncatedBPTTModel, build_char_lm
 from rnnapps.models.crf import CRF, crf_loss
@@ -45,6 +47,7 @@ __all__ = [
     "ResetStatesAtEpochStart",
     "RowLSTM",
     "SequencePooling",
+    "Seq2SeqAutoencoder",
     "TruncatedBPTTModel",
     "beam_search_decode",
     "build_char_lm",
