@@ -61,6 +61,12 @@ def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, tmp_pa
     assert labels == ["positive" if p >= 0.5 else "negative" for p in probabilities]
     # A batch of only empty strings must not break the recurrent layers.
     assert serving(text=tf.constant([""]))["probability"].shape == (1,)
+    # The XLA signature pads steps and batch but must give the same answers.
+    fast = tf.saved_model.load(str(moved)).signatures["serving_xla"]
+    for texts in (TEXTS, TEXTS[:3], [""]):
+        fast_outputs = fast(text=tf.constant(texts))
+        assert fast_outputs["probability"].shape == (len(texts),)
+        np.testing.assert_allclose(fast_outputs["probability"], model(tf.constant(texts)).numpy().reshape(-1), atol=1e-5)
 
 
 def test_evaluate_export_and_predict_commands(smoke_run):
