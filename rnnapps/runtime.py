@@ -165,8 +165,12 @@ def training_callbacks(
     run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None
 ) -> list:
     """Checkpoints, resume backups, logs, early stopping and NaN detection."""
+    # Pipeline callbacks run right after the restore and before checkpointing, logging and early
+    # stopping, so a callback that adds a validation metric (e.g. NER's span F1) to the epoch's
+    # logs can be the monitored metric.
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        *extra,
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "checkpoints" / "best.weights.h5"),
             monitor=monitor,
@@ -184,7 +188,6 @@ def training_callbacks(
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True)
         )
-    callbacks.extend(extra)
     return callbacks
 
 

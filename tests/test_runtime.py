@@ -106,3 +106,16 @@ def test_time_budget_stops_training_and_keeps_history(tmp_path):
     assert len(runtime.read_history(tmp_path / "history.csv")["loss"]) == 1
     with pytest.raises(ConfigError, match="time_budget_minutes"):
         runtime.TimeBudget(0)
+
+
+def test_extra_callbacks_can_add_the_monitored_metric(tmp_path):
+    class AddScore(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_score"] = float(epoch)  # improves every epoch
+
+    class Patient(_Config):
+        epochs = 3
+        early_stopping_patience = 1
+
+    runtime.fit(_toy_model(), _toy_datasets(), Patient, tmp_path, "val_score", "max", extra_callbacks=[AddScore()], verbose=0)
+    assert runtime.read_history(tmp_path / "history.csv")["val_score"] == [0.0, 1.0, 2.0]
