@@ -13,13 +13,14 @@ from click.testing import CliRunner
 from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
+from rnnapps.data.text import detokenize
 from rnnapps.errors import ConfigError
 from rnnapps.pipelines.translate import (
     END_ID,
     PIPELINE,
     START_ID,
     TranslateConfig,
-    detokenize,
+    Translator,
     target_vocabulary,
     teacher_forcing_pair,
 )
@@ -53,6 +54,44 @@ def test_target_vocabulary_and_detokenize():
     assert detokenize(tf.constant("a man in a t - shirt , riding ( fast ) .")).numpy().decode() == (
         "a man in a t-shirt, riding (fast)."
     )
+
+
+def _reversal_batch(rng, size, words, max_length=6):
+    """Sources of 3-6 random words; the target is the same words, in a second vocabulary, reversed."""
+    sources = np.zeros((size, max_length), np.int32)
+    decoder_inputs = np.zeros((size, max_length + 1), np.int32)
+    labels = np.zeros((size, max_length + 1), np.int32)
+    for row, length in enumerate(rng.integers(3, max_length + 1, size)):
+        sentence = rng.integers(0, words, length)
+        sources[row, :length] = sentence + 2
+        reversed_ids = sentence[::-1] + 4
+        decoder_inputs[row, 0] = START_ID
+        decoder_inputs[row, 1 : length + 1] = reversed_ids
+        labels[row, :length] = reversed_ids
+        labels[row, length] = END_ID
+    return {"source": sources, "target": decoder_inputs}, labels
+
+
+def test_translator_learns_to_reverse_with_a_real_sized_vocabulary():
+    # Regression: with Keras's default uniform(±0.05) embeddings the fed-back tanh attentional vector
+    # drowned the token embeddings; on Multi30k the model never got past unigram statistics ("a a a").
+    # Tiny vocabularies hide it (every row is updated every step), so use 200 words: the broken model
+    # reached 0.20 token accuracy here, the fixed one 0.80 (about 8 s on 2 CPU cores).
+    words = 200
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    model = Translator(
+        ["", "[UNK]"] + [f"q{index}" for index in range(words)],
+        ["", "[UNK]", "<s>", "</s>"] + [f"e{index}" for index in range(words)],
+        embedding_dim=32, units=32, cell="gru", attention="bahdanau",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    inputs, labels = _reversal_batch(rng, 200 * 32, words)
+    model.fit(inputs, labels, batch_size=32, epochs=1, verbose=0)
+    held_out, held_out_labels = _reversal_batch(rng, 200, words)
+    predicted = np.argmax(model(held_out), axis=-1)
+    real = held_out_labels != 0
+    assert (predicted == held_out_labels)[real].mean() > 0.6
 
 
 def test_bad_config_values_are_named():

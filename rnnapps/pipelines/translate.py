@@ -54,6 +54,7 @@ from rnnapps.data.parallel_text import DATASETS, load_parallel_corpus
 from rnnapps.data.text import (
     bucket_boundaries,
     build_vocabulary,
+    detokenize,
     make_vectorizer,
     standardize_text,
     token_counts,
@@ -65,7 +66,6 @@ from rnnapps.models.decoding import beam_search_decode, greedy_decode
 from rnnapps.models.recurrent import RecurrentStack
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.pipelines.base import Datasets, Pipeline
-from rnnapps.pipelines.ner import StopAfterMinutes
 
 START_TOKEN, END_TOKEN = "<s>", "</s>"
 # Target ids: 0 padding and 1 [UNK] (TextVectorization's), then the two markers.
@@ -75,6 +75,7 @@ EVALUATION_BATCH = 100
 # Test sentences whose attention is plotted.
 PLOTTED_SENTENCES = 3
 BLEU_SETTINGS = {"lowercase": True, "tokenize": "13a"}
+EMBEDDING_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 1.0}}
 
 
 @dataclasses.dataclass
@@ -102,18 +103,17 @@ class TranslateConfig(TrainingConfig):
     bucket_width: int = 4
     # Halve the learning rate when the validation loss stops improving (0 disables).
     lr_decay_patience: int = 0
-    # Stop training (at the next batch) after this many minutes; None: no limit.
-    max_train_minutes: float | None = None
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=4, learning_rate=0.01, source_vocab_size=200, target_vocab_size=200,
                       embedding_dim=8, units=8, dropout=0.0, label_smoothing=0.1, beam_width=2,
                       max_decode_length=12, early_stopping_patience=0),
         # Epochs are slices of 200 steps (~0.45 of Multi30k) so the learning rate decays and the best
-        # weights are kept at a finer grain than whole passes; the wall-clock cap ends training.
+        # weights are kept at a finer grain than whole passes; the wall-clock budget (TrainingConfig's
+        # time_budget_minutes, kept by the runner) ends training.
         "cpu": dict(epochs=60, steps_per_epoch=200, batch_size=64, learning_rate=2e-3, clipnorm=1.0,
                     embedding_dim=256, units=256, dropout=0.3, label_smoothing=0.1, early_stopping_patience=4,
-                    lr_decay_patience=1, max_train_minutes=50.0),
+                    lr_decay_patience=1, time_budget_minutes=28.0),
         "full": dict(epochs=30, batch_size=128, learning_rate=1e-3, clipnorm=1.0, embedding_dim=512, units=512,
                      cell="lstm", encoder_depth=2, dropout=0.3, label_smoothing=0.1, early_stopping_patience=5,
                      lr_decay_patience=1),
@@ -162,13 +162,6 @@ def teacher_forcing_pair(target_ids, max_length: int):
     positions = tf.range(tf.shape(padded)[1])[tf.newaxis, :]
     labels = tf.where(positions == lengths[:, tf.newaxis], END_ID, padded)
     return decoder_input, labels
-
-
-def detokenize(text):
-    """Undo the standardiser's spacing where English writes none (``bike .`` → ``bike.``, ``t - shirt`` → ``t-shirt``)."""
-    text = tf.strings.regex_replace(text, r" ([.,!?;:%)\]])", r"\1")
-    text = tf.strings.regex_replace(text, r"([(\[]) ", r"\1")
-    return tf.strings.regex_replace(text, r"(\w) - (\w)", r"\1-\2")
 
 
 def source_tokens(text, max_length: int):
@@ -290,8 +283,16 @@ class Translator(keras.Model):
 
         self.source_vectorizer = make_vectorizer(self.source_vocabulary, name="source_vectorizer")
         self.source_clip = ClipSequenceLength(self.max_source_length, name="source_clip")
-        self.source_embedding = keras.layers.Embedding(source_size, self.embedding_dim, name="source_embedding")
-        self.target_embedding = keras.layers.Embedding(target_size, self.embedding_dim, name="target_embedding")
+        # Unit-variance embeddings (PyTorch's default, which the Luong/OpenNMT recipe was tuned with). The
+        # decoder's input is [embedding; previous attentional vector], and that tanh vector is ~±0.5 per
+        # unit: with Keras's default uniform(±0.05) the token signal is drowned, the decoder cannot even
+        # learn a language model and collapses to "a a a ..." (see test_translator_learns_to_reverse).
+        self.source_embedding = keras.layers.Embedding(
+            source_size, self.embedding_dim, embeddings_initializer=EMBEDDING_INITIALIZER, name="source_embedding"
+        )
+        self.target_embedding = keras.layers.Embedding(
+            target_size, self.embedding_dim, embeddings_initializer=EMBEDDING_INITIALIZER, name="target_embedding"
+        )
         self.embedding_dropout = keras.layers.Dropout(self.dropout, seed=seed, name="embedding_dropout")
         self.encoder = RecurrentStack(
             self.units, cell=cell, depth=self.encoder_depth, bidirectional=True, dropout=self.dropout,
@@ -528,8 +529,6 @@ class TranslatePipeline(Pipeline):
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=config.lr_decay_patience - 1, min_lr=1e-5, verbose=0
             ))
-        if config.max_train_minutes:
-            callbacks.append(StopAfterMinutes(config.max_train_minutes))
         return callbacks
 
     def evaluate(self, model: Translator, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> dict:
