@@ -120,3 +120,15 @@ def text_label_dataset(
         no_padding=True,
     )
     return dataset.map(lambda text, label, length: (text, label), tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def detokenize(text):
+    """Undo the standardiser's spacing where English writes none, in the graph.
+
+    ``"bike ."`` → ``"bike."``, ``"( fast )"`` → ``"(fast)"``, ``"t - shirt"`` →
+    ``"t-shirt"``. Works on a string tensor of any shape; used on decoded
+    token sequences before they are shown or scored.
+    """
+    text = tf.strings.regex_replace(text, r" ([.,!?;:%)\]])", r"\1")
+    text = tf.strings.regex_replace(text, r"([(\[]) ", r"\1")
+    return tf.strings.regex_replace(text, r"(\w) - (\w)", r"\1-\2")

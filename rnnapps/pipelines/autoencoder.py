@@ -43,7 +43,7 @@ from rnnapps import runtime
 from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
 from rnnapps.data.parallel_text import load_parallel_corpus
-from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
+from rnnapps.data.text import build_vocabulary, detokenize, make_vectorizer, text_label_dataset
 from rnnapps.data.text_corpus import load_corpus
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
@@ -56,7 +56,6 @@ from rnnapps.models.autoencoder import (
 from rnnapps.models.recurrent import CELL_TYPES
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
-from rnnapps.pipelines.translate import detokenize
 
 DATASETS = ("imdb", "multi30k")
 LABELS = ("negative", "positive")

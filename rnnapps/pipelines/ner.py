@@ -54,9 +54,6 @@ CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
 LENGTH_BUCKETS = (8, 12, 16, 24, 32, 48, 64)
 SCHEME = "IOB2"
-# Kept only while rnnapps/pipelines/translate.py imports it from here: the one wall-clock budget is
-# runtime.TimeBudget, applied to every pipeline through TrainingConfig.time_budget_minutes.
-StopAfterMinutes = runtime.TimeBudget
 
 
 @dataclasses.dataclass
