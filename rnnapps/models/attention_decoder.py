@@ -272,6 +272,11 @@ class AttentionDecoder(keras.layers.Layer):
 
     Call arguments:
         inputs: ``(batch, Tq, features)``, e.g. embeddings of the shifted target.
+            They share the cell's input with the fed-back attentional vector,
+            which soon reaches ~0.7 per unit: keep them on a similar scale (the
+            translator uses unit-variance embeddings; Keras's default
+            ``uniform(±0.05)`` ones are drowned and the decoder stops reading
+            its tokens).
         encoder_outputs: ``(batch, Tv, d)``.
         initial_state: optional list: either the full state ``[*rnn_state,
             attentional]`` or only the LSTM/GRU state (e.g. the encoder's final
