@@ -14,6 +14,7 @@ from keras import ops
 
 from rnnapps.data.text import make_vectorizer
 from rnnapps.models.decoding import greedy_decode
+from rnnapps.models.distribute import scale_loss_for_replicas
 from rnnapps.models.recurrent import _RNN_CLASSES, CELL_TYPES, RecurrentStack
 from rnnapps.models.sequence import ClipSequenceLength
 
@@ -256,7 +257,7 @@ class Seq2SeqAutoencoder(keras.Model):
         loss = ops.sum(nll * weights) / total
         for extra in self.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
-        return _scale_for_replicas(loss)
+        return scale_loss_for_replicas(loss)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -321,10 +322,3 @@ class Seq2SeqAutoencoder(keras.Model):
             seed=self.seed,
         )
         return config
-
-
-def _scale_for_replicas(loss):
-    # Keras sums per-replica gradients under tf.distribute, so a custom per-replica mean is
-    # divided by the replica count, as Keras does for compiled losses.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss / replicas if replicas > 1 else loss

@@ -30,6 +30,8 @@ import numbers
 import keras
 from keras import ops
 
+from rnnapps.models.distribute import scale_loss_for_replicas
+
 # The linear attention head predicts these five numbers, in this order.
 ATTENTION_PARAMETERS = 5
 
@@ -586,18 +588,6 @@ class DrawCell(keras.layers.Layer):
         return config
 
 
-def _scale_for_replicas(loss):
-    # Keras' trainer sums per-replica gradients under tf.distribute and unscales
-    # the reported loss, so a custom per-replica mean must be divided by the
-    # replica count, exactly as Keras does for compiled losses.
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss / replicas if replicas > 1 else loss
-
-
 @keras.saving.register_keras_serializable(package="rnnapps")
 class DrawModel(keras.Model):
     """The DRAW variational autoencoder, trainable with ``fit(images)``.
@@ -730,7 +720,7 @@ class DrawModel(keras.Model):
             loss = loss + ops.cast(ops.sum(extra), "float32")
         self.reconstruction_tracker.update_state(reconstruction, sample_weight=sample_weight)
         self.kl_tracker.update_state(kl, sample_weight=sample_weight)
-        return _scale_for_replicas(loss)
+        return scale_loss_for_replicas(loss)
 
     def reconstruct(self, images, seed=None):
         """Encode and redraw ``images``.
