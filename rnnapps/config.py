@@ -36,6 +36,9 @@ class TrainingConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # Multiply the learning rate by this after every epoch (1.0: constant). Annealing lets a
+    # time-budgeted run settle into a minimum instead of stopping mid-stride.
+    learning_rate_decay: float = 1.0
     clipnorm: float = 1.0
     seed: int = 1337
     # Stop after this many epochs without improvement of the validation metric (0 disables).

@@ -161,8 +161,22 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def learning_rate_decay_callback(learning_rate: float, decay: float) -> keras.callbacks.Callback | None:
+    """Exponential per-epoch decay, ``learning_rate * decay**epoch``; None when ``decay`` is 1.
+
+    Per epoch rather than per wall-second so that a resumed or slower run follows the same
+    schedule; after a resume the epoch index (and so the rate) continues where it stopped.
+    """
+    if not 0 < decay <= 1:
+        raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
+    if decay == 1.0:
+        return None
+    return keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate * decay**epoch)
+
+
 def training_callbacks(
-    run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None
+    run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None,
+    learning_rate_schedule: keras.callbacks.Callback | None = None,
 ) -> list:
     """Checkpoints, resume backups, logs, early stopping and NaN detection."""
     # Pipeline callbacks run right after the restore and before checkpointing, logging and early
@@ -170,6 +184,7 @@ def training_callbacks(
     # logs can be the monitored metric.
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        *([learning_rate_schedule] if learning_rate_schedule else []),
         *extra,
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "checkpoints" / "best.weights.h5"),
@@ -201,6 +216,8 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
     callbacks = training_callbacks(
         run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks,
         time_budget_minutes=getattr(config, "time_budget_minutes", None),
+        learning_rate_schedule=learning_rate_decay_callback(
+            config.learning_rate, getattr(config, "learning_rate_decay", 1.0)),
     )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():

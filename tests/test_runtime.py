@@ -119,3 +119,21 @@ def test_extra_callbacks_can_add_the_monitored_metric(tmp_path):
 
     runtime.fit(_toy_model(), _toy_datasets(), Patient, tmp_path, "val_score", "max", extra_callbacks=[AddScore()], verbose=0)
     assert runtime.read_history(tmp_path / "history.csv")["val_score"] == [0.0, 1.0, 2.0]
+
+
+def test_learning_rate_decays_once_per_epoch(tmp_path):
+    class Decaying(_Config):
+        epochs = 3
+        learning_rate_decay = 0.5
+
+    seen = []
+
+    class RecordRate(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    runtime.fit(_toy_model(), _toy_datasets(), Decaying, tmp_path, "val_loss", "min", extra_callbacks=[RecordRate()], verbose=0)
+    assert seen == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert runtime.learning_rate_decay_callback(1e-3, 1.0) is None
+    with pytest.raises(ConfigError, match="learning_rate_decay"):
+        runtime.learning_rate_decay_callback(1e-3, 1.5)

@@ -83,8 +83,6 @@ class DrawConfig(TrainingConfig):
     attention: bool = True
     # The loss is nats per image (hundreds), so gradient norms are large: clip well above their typical size.
     clipnorm: float = 100.0
-    # The learning rate of epoch e is learning_rate * learning_rate_decay ** e (1.0: constant).
-    learning_rate_decay: float = 1.0
     # Validate on at most this many images per epoch (None: all); the test bound always uses the whole test split.
     max_validation_examples: int | None = None
     # Pictures written by evaluate(): generated samples (also animated) and reconstructed test images.
@@ -119,8 +117,6 @@ class DrawConfig(TrainingConfig):
         for name in ("read_glimpse_size", "write_glimpse_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1 (or none for the paper's)")
-        if not 0 < self.learning_rate_decay <= 1:
-            raise ConfigError(f"learning_rate_decay={self.learning_rate_decay!r} must be in (0, 1]")
 
     @property
     def glimpse_sizes(self) -> tuple[int, int]:
@@ -219,11 +215,6 @@ class DrawPipeline(Pipeline):
             "reconstruct": Endpoint(reconstruct, reconstruct_spec),
         }
 
-    def extra_callbacks(self, model, datasets: Datasets, config: DrawConfig, run_dir: Path) -> list:
-        if config.learning_rate_decay == 1.0:
-            return []
-        return [keras.callbacks.LearningRateScheduler(
-            lambda epoch: config.learning_rate * config.learning_rate_decay ** epoch)]
 
 
 def build_draw(config: DrawConfig, image_shape=None) -> DrawModel:

@@ -72,8 +72,6 @@ class PixelRNNConfig(TrainingConfig):
     # The loss is nats per image (hundreds), so gradient norms are large: clip far above their typical size.
     clipnorm: float = 250.0
     learning_rate: float = 2e-3
-    # The learning rate of epoch e is learning_rate * learning_rate_decay ** e (1.0: constant).
-    learning_rate_decay: float = 1.0
     batch_size: int = 32
     # Validate on at most this many images per epoch (None: all); the test NLL always uses the whole test split.
     max_validation_examples: int | None = None
@@ -97,8 +95,6 @@ class PixelRNNConfig(TrainingConfig):
         for name in ("filters", "hidden_units", "row_lstm_layers", "output_units"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
-        if not 0 < self.learning_rate_decay <= 1:
-            raise ConfigError(f"learning_rate_decay={self.learning_rate_decay!r} must be in (0, 1]")
 
 
 @keras.saving.register_keras_serializable(package="rnnapps")
@@ -196,11 +192,6 @@ class PixelRNNPipeline(Pipeline):
                                         tf.TensorSpec([], tf.int32, name="seed")]),
         }
 
-    def extra_callbacks(self, model, datasets: Datasets, config, run_dir: Path) -> list:
-        if config.learning_rate_decay == 1.0:
-            return []
-        return [keras.callbacks.LearningRateScheduler(
-            lambda epoch: config.learning_rate * config.learning_rate_decay ** epoch)]
 
 
 def build_pixel_rnn(config: PixelRNNConfig, image_shape=IMAGE_SHAPE) -> keras.Model:
