@@ -31,7 +31,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.common import RESULTS, TrainTimer, latency_stats, machine, peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    TrainTimer,
+    latency_stats,
+    machine,
+    peak_rss_mib,
+    write_results,
+)
 from rnnapps import runner  # noqa: E402
 from rnnapps.data import imdb  # noqa: E402
 from rnnapps.data.sources import resolve_data_dir  # noqa: E402
@@ -133,8 +140,9 @@ def run_serving(export_path: str, texts) -> dict:
             continue
         serving = loaded.signatures[name]
         position = iter(range(10**9))
-        one = latency_stats(lambda: serving(text=tf.constant([singles[next(position) % 300]])), repeats=300, warmup=20)
-        batched = latency_stats(lambda: serving(text=batch), repeats=30)
+        one = latency_stats(lambda serving=serving, position=position: serving(text=tf.constant([singles[next(position) % 300]])),
+                            repeats=300, warmup=20)
+        batched = latency_stats(lambda serving=serving: serving(text=batch), repeats=30)
         results[name] = {
             "one_review": one,
             "batch_64": batched,

@@ -18,7 +18,7 @@ def learning_curves(history: dict[str, list[float]], path: str | Path, title: st
     if not metrics:
         raise ValueError("history has no metrics to plot")
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    for axis, metric in zip(axes[0], metrics, strict=True):
         epochs = np.arange(1, len(history[metric]) + 1)
         axis.plot(epochs, history[metric], marker="o", label="train")
         if f"val_{metric}" in history:

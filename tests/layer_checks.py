@@ -37,7 +37,7 @@ def assert_all_close(actual, expected, atol=1e-5, rtol=1e-5):
             assert_all_close(actual[key], expected[key], atol, rtol)
     elif isinstance(expected, list):
         assert len(actual) == len(expected)
-        for got, want in zip(actual, expected):
+        for got, want in zip(actual, expected, strict=True):
             assert_all_close(got, want, atol, rtol)
     else:
         np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=atol, rtol=rtol)

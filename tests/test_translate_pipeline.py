@@ -15,12 +15,10 @@ from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.data.text import detokenize
 from rnnapps.errors import ConfigError
+from rnnapps.models.translator import END_ID, START_ID, Translator
 from rnnapps.pipelines.translate import (
-    END_ID,
     PIPELINE,
-    START_ID,
     TranslateConfig,
-    Translator,
     target_vocabulary,
     teacher_forcing_pair,
 )

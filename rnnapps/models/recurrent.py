@@ -126,7 +126,7 @@ class RecurrentStack(keras.layers.Layer):
     def call(self, inputs, mask=None, training=None):
         outputs = inputs
         states = []
-        for index, (rnn, drop) in enumerate(zip(self.recurrent_layers, self.dropout_layers)):
+        for index, (rnn, drop) in enumerate(zip(self.recurrent_layers, self.dropout_layers, strict=True)):
             layer_input = outputs
             if drop is not None:
                 layer_input = drop(layer_input, training=training)

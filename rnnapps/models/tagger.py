@@ -1,0 +1,182 @@
+"""Sequence tagging models: string tokens in, tag strings out, with a CRF or softmax decoder.
+
+:class:`TokenFeatures` turns string tokens into the word strings, characters
+and case categories that the lookups and embeddings need, inside the graph (so
+an exported tagger takes raw tokens); :class:`SequenceTagger` wraps any
+emission model with a :class:`~rnnapps.models.crf.CRF` (Viterbi decoding) or a
+softmax decoder and owns the loss. The NER pipeline composes both.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from rnnapps.data import conll
+from rnnapps.models.crf import CRF
+
+DECODERS = ("crf", "softmax")
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class TokenFeatures(keras.layers.Layer):
+    """String tokens to the strings and ids the lookups and embeddings need, in the graph.
+
+    Args:
+        max_chars: characters kept per token (None: all).
+
+    Call arguments:
+        tokens: string ``(batch, words)``, ``""`` = padding.
+
+    Returns:
+        ``(words, chars, case_ids)``: normalised words (string, same shape; see
+        :func:`rnnapps.data.conll.normalise_word`), characters (string
+        ``(batch, words, chars)``, ``""``-padded, at least one column) and case
+        categories (int32, see :func:`rnnapps.data.conll.case_feature_ids`).
+
+    Example:
+
+    >>> words, chars, case = TokenFeatures(max_chars=4)(tf.constant([["EU", "1996"]]))
+    >>> tuple(chars.shape), case.numpy().tolist()
+    ((1, 2, 4), [[2, 5]])
+    """
+
+    def __init__(self, max_chars: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+            raise ValueError(f"Expected max_chars to be an integer >= 1 or None. Received: max_chars={max_chars!r}")
+        self.max_chars = max_chars
+
+    def call(self, tokens):
+        tokens = tf.convert_to_tensor(tokens, tf.string)
+        chars = tf.strings.unicode_split(tokens, "UTF-8", errors="replace").to_tensor(default_value=conll.PADDING)
+        if self.max_chars is not None:
+            chars = chars[..., : self.max_chars]
+        # One column at least: the char encoder cannot reduce over zero characters.
+        missing = tf.maximum(1 - tf.shape(chars)[-1], 0)
+        chars = tf.pad(chars, [[0, 0], [0, 0], [0, missing]], constant_values=conll.PADDING)
+        return conll.normalise_words(tokens), chars, conll.case_feature_ids(tokens)
+
+    def compute_output_spec(self, tokens):
+        shape = tuple(tokens.shape)
+        return (
+            keras.KerasTensor(shape, dtype="string"),
+            keras.KerasTensor((*shape, self.max_chars), dtype="string"),
+            keras.KerasTensor(shape, dtype="int32"),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_chars=self.max_chars)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class SequenceTagger(keras.Model):
+    """Tags string tokens: an emission model plus a CRF (Viterbi) or softmax (argmax) decoder.
+
+    Calling the model returns the emission scores, which is what training needs;
+    :meth:`tag_ids` and :meth:`tag` decode. The loss is computed in
+    :meth:`compute_loss` from integer tags ``(batch, words)`` with 0 = padding:
+    the CRF negative log-likelihood per sentence (``decoder="crf"``), or the
+    mean cross-entropy over real tokens (``decoder="softmax"``). Tag strings
+    travel in the config, so a reloaded model decodes without other files.
+
+    Args:
+        encoder: a model from string tokens ``(batch, words)`` to float
+            emissions ``(batch, words, len(tags) + 1)``; id 0 is padding.
+        tags: the tag strings of ids ``1..len(tags)``.
+        decoder: ``"crf"`` or ``"softmax"``.
+
+    Call arguments:
+        tokens: string ``(batch, words)``, ``""`` = padding.
+        training: whether dropout is active.
+
+    Example:
+
+    >>> tokens = keras.Input((None,), dtype="string")
+    >>> ids = keras.layers.StringLookup(vocabulary=["a"], mask_token="")(tokens)
+    >>> emissions = keras.layers.Embedding(3, 3)(ids)
+    >>> tagger = SequenceTagger(keras.Model(tokens, emissions), tags=["O", "B-X"])
+    >>> tagger.tag(tf.constant([["a", ""]])).numpy().shape
+    (1, 2)
+    """
+
+    def __init__(self, encoder: keras.Model, tags, decoder: str = "crf", **kwargs):
+        super().__init__(**kwargs)
+        if decoder not in DECODERS:
+            raise ValueError(f"Expected decoder to be one of {DECODERS}. Received: decoder={decoder!r}")
+        tags = [str(tag) for tag in tags]
+        if not tags:
+            raise ValueError("Expected at least one tag. Received: tags=[]")
+        width = encoder.outputs[0].shape[-1]
+        if width != len(tags) + 1:
+            raise ValueError(
+                f"Expected an encoder with len(tags) + 1 = {len(tags) + 1} emission scores (id 0: padding). "
+                f"Received: encoder output width {width}"
+            )
+        self.encoder = encoder
+        self.tags = tags
+        self.decoder = decoder
+        self.num_tag_ids = len(tags) + 1
+        self.crf = None
+        if decoder == "crf":
+            self.crf = CRF(self.num_tag_ids, name="crf")
+            self.crf.build((None, None, self.num_tag_ids))
+        # The encoder is built and so is the CRF: nothing is left for a deferred build.
+        self.built = True
+
+    def call(self, tokens, training=False):
+        return self.encoder(tokens, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        tags = tf.cast(y, tf.int32)
+        mask = tf.not_equal(tags, 0)
+        if self.crf is not None:
+            loss = -self.crf.log_likelihood(y_pred, tags, mask)
+            if sample_weight is not None:
+                loss = loss * tf.cast(tf.reshape(sample_weight, [-1]), loss.dtype)
+            return tf.reduce_mean(loss)
+        per_token = keras.losses.sparse_categorical_crossentropy(tags, tf.cast(y_pred, tf.float32), from_logits=True)
+        weights = tf.cast(mask, tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
+        return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+    def tag_ids(self, tokens):
+        """Integer tag ids ``(batch, words)``; 0 at padding. Handles zero-width batches."""
+        tokens = tf.convert_to_tensor(tokens, tf.string)
+        width = tf.shape(tokens)[1]
+        # One column at least: the recurrent layers need a time step to exist.
+        padded = tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - width, 0)]], constant_values=conll.PADDING)
+        emissions = tf.cast(self.encoder(padded, training=False), tf.float32)
+        mask = tf.not_equal(padded, conll.PADDING)
+        if self.crf is not None:
+            # Id 0 is padding, never a real token's tag: the softmax path skips it, and so must
+            # Viterbi (a briefly trained CRF can otherwise give a real token the padding id).
+            padding_column = tf.fill(tf.shape(emissions[..., :1]), tf.constant(-1e4, emissions.dtype))
+            ids, _ = self.crf.viterbi_decode(tf.concat([padding_column, emissions[..., 1:]], axis=-1), mask)
+        else:
+            ids = tf.cast(tf.argmax(emissions[..., 1:], axis=-1), tf.int32) + 1
+        ids = tf.where(mask, tf.cast(ids, tf.int32), 0)
+        return ids[:, :width]
+
+    def tag(self, tokens):
+        """Tag strings ``(batch, words)``; ``""`` at padding."""
+        names = tf.constant([conll.PADDING, *self.tags])
+        return tf.gather(names, self.tag_ids(tokens))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            tags=list(self.tags),
+            decoder=self.decoder,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)

@@ -1,0 +1,70 @@
+"""TokenFeatures and SequenceTagger (rnnapps.models.tagger) on their own: features, decoding, round trips."""
+
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rnnapps.models import SequenceTagger, TokenFeatures
+from tests.layer_checks import check_config_round_trip
+
+TAGS = ["O", "B-PER", "I-PER"]
+TOKENS = tf.constant([["Maria", "Lopez", "ran", ""], ["EU", "1996", "", ""]])
+
+
+def _tagger(decoder="crf"):
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((None,), dtype="string")
+    words, chars, case_ids = TokenFeatures(max_chars=6)(tokens)
+    word_ids = keras.layers.StringLookup(vocabulary=["maria", "lopez", "ran", "eu"], mask_token="")(words)
+    features = keras.layers.Concatenate()(
+        [keras.layers.Embedding(6, 4)(word_ids), keras.layers.Embedding(8, 2)(case_ids)]
+    )
+    emissions = keras.layers.Dense(len(TAGS) + 1)(features)
+    return SequenceTagger(keras.Model(tokens, emissions), tags=TAGS, decoder=decoder)
+
+
+def test_token_features_pad_characters_and_categorise_case():
+    layer = TokenFeatures(max_chars=3)
+    check_config_round_trip(layer)
+    words, chars, case_ids = layer(tf.constant([["Paris", ""]]))
+    assert tuple(chars.shape) == (1, 2, 3)
+    assert [c.decode() for c in chars.numpy()[0, 0]] == ["P", "a", "r"]
+    assert chars.numpy()[0, 1].tolist() == [b"", b"", b""]
+    assert words.numpy()[0, 0] == b"paris" and case_ids.dtype == tf.int32
+    with pytest.raises(ValueError, match="max_chars"):
+        TokenFeatures(max_chars=0)
+
+
+@pytest.mark.parametrize("decoder", ["crf", "softmax"])
+def test_tagger_tags_only_real_tokens_and_round_trips(decoder, tmp_path):
+    tagger = _tagger(decoder)
+    tags = tagger.tag(TOKENS).numpy()
+    assert tags.shape == (2, 4)
+    assert all(tag == b"" for tag in tags[TOKENS.numpy() == b""])
+    assert all(tag.decode() in TAGS for tag in tags[TOKENS.numpy() != b""])
+
+    path = tmp_path / "tagger.keras"
+    tagger.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.tag(TOKENS).numpy(), tags)
+    np.testing.assert_allclose(reloaded(TOKENS), tagger(TOKENS), atol=1e-6)
+
+    archive = keras.export.ExportArchive()
+    archive.track(tagger)
+    archive.add_endpoint("tag", lambda tokens: tagger.tag(tokens), input_signature=[tf.TensorSpec([None, None], tf.string)])
+    archive.write_out(str(tmp_path / "first"), verbose=False)
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    served = tf.saved_model.load(str(tmp_path / "moved"))
+    np.testing.assert_array_equal(served.tag(TOKENS).numpy(), tags)
+    # Zero-width batches are padded to one step inside tag_ids and cut back.
+    assert tuple(served.tag(tf.zeros([2, 0], tf.string)).shape) == (2, 0)
+
+
+def test_tagger_rejects_a_mismatched_encoder():
+    tokens = keras.Input((None,), dtype="string")
+    ids = keras.layers.StringLookup(vocabulary=["a"], mask_token="")(tokens)
+    with pytest.raises(ValueError, match="len\\(tags\\) \\+ 1"):
+        SequenceTagger(keras.Model(tokens, keras.layers.Embedding(3, 7)(ids)), tags=TAGS)
