@@ -13,8 +13,9 @@ from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.data import text_corpus
+from rnnapps.models import CharTextModel, ResetStatesEvery
 from rnnapps.models.char_lm import TruncatedBPTTModel, build_char_lm
-from rnnapps.pipelines.textgen import PIPELINE, CharTextModel, ResetStatesEvery, TextgenConfig
+from rnnapps.pipelines.textgen import PIPELINE, TextgenConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

@@ -5,13 +5,14 @@ uses one reloads with plain ``keras.saving.load_model`` once ``rnnapps.models``
 is imported.
 
 * sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`
-* tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`
+* tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`, :class:`TokenFeatures`,
+  :class:`SequenceTagger`
 * translation: :class:`BahdanauAttention`, :class:`LuongAttention`,
   :class:`AttentionDecoderCell`, :class:`AttentionDecoder`, :func:`greedy_decode`,
-  :func:`beam_search_decode`
+  :func:`beam_search_decode`, :class:`Translator`
 * autoencoders: :class:`Seq2SeqAutoencoder` (pre-trains sentiment's encoder)
-* language models: :func:`build_char_lm`, :class:`TruncatedBPTTModel`,
-  :func:`sample_next`, :func:`generate_tokens`
+* language models: :func:`build_char_lm`, :class:`TruncatedBPTTModel`, :class:`CharTextModel`,
+  :func:`generate_text`, :func:`sample_next`, :func:`generate_tokens`
 * images: :class:`MaskedConv2D`, :class:`RowLSTM` (PixelRNN), :class:`AttentionReader`,
   :class:`AttentionWriter`, :class:`DrawCell`, :class:`DrawModel` (DRAW)
 """
@@ -20,7 +21,13 @@ from rnnapps.models.attention import BahdanauAttention, LuongAttention
 from rnnapps.models.attention_decoder import AttentionDecoder, AttentionDecoderCell
 from rnnapps.models.autoencoder import Seq2SeqAutoencoder
 from rnnapps.models.char_encoder import CharWordEncoder
-from rnnapps.models.char_lm import ResetStatesAtEpochStart, TruncatedBPTTModel, build_char_lm
+from rnnapps.models.char_lm import (
+    ResetStatesAtEpochStart,
+    ResetStatesEvery,
+    TruncatedBPTTModel,
+    build_char_lm,
+)
+from rnnapps.models.char_text import CharTextModel, generate_text
 from rnnapps.models.crf import CRF, crf_loss
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
 from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel
@@ -28,6 +35,8 @@ from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
 from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, SequencePooling
 from rnnapps.models.sampling import generate_tokens, sample_next
 from rnnapps.models.sequence import ClipSequenceLength
+from rnnapps.models.tagger import SequenceTagger, TokenFeatures
+from rnnapps.models.translator import Translator
 
 __all__ = [
     "CELL_TYPES",
@@ -37,6 +46,7 @@ __all__ = [
     "AttentionReader",
     "AttentionWriter",
     "BahdanauAttention",
+    "CharTextModel",
     "CharWordEncoder",
     "ClipSequenceLength",
     "DrawCell",
@@ -45,13 +55,18 @@ __all__ = [
     "MaskedConv2D",
     "RecurrentStack",
     "ResetStatesAtEpochStart",
+    "ResetStatesEvery",
     "RowLSTM",
     "SequencePooling",
+    "SequenceTagger",
     "Seq2SeqAutoencoder",
+    "TokenFeatures",
+    "Translator",
     "TruncatedBPTTModel",
     "beam_search_decode",
     "build_char_lm",
     "crf_loss",
+    "generate_text",
     "generate_tokens",
     "greedy_decode",
     "sample_next",

@@ -22,6 +22,7 @@ batches would lose precision, so the model casts at its borders.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -296,3 +297,53 @@ class ResetStatesAtEpochStart(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.reset_states()
+
+
+class ResetStatesEvery(keras.callbacks.Callback):
+    """Zeroes a :class:`TruncatedBPTTModel`'s training states every ``interval`` batches.
+
+    Carrying the state across a whole epoch teaches the model nothing about
+    starting from zero, which is how evaluation and generation start: a few
+    resets per epoch keep that regime in the training data.
+
+    Example:
+
+    >>> callback = ResetStatesEvery(10)
+    >>> # model.fit(stream, epochs=3, callbacks=[ResetStatesAtEpochStart(), callback])
+    """
+
+    def __init__(self, interval: int):
+        super().__init__()
+        if int(interval) < 1:
+            raise ValueError(f"Expected interval >= 1. Received: interval={interval}")
+        self.interval = int(interval)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch % self.interval == 0:
+            self.model.reset_states()
+
+
+def stream_cross_entropy(language_model: keras.Model, ids, chunk_length: int = 1000) -> float:
+    """Mean next-character cross-entropy (nats) over ``ids`` read as one stream.
+
+    The text is fed in chunks with the recurrent state carried from one chunk
+    to the next, so every character but the first is predicted from all the
+    text before it, and no character is dropped (unlike the batched streams).
+    """
+    ids = np.asarray(ids, dtype=np.int32)
+    if len(ids) < 2:
+        raise ValueError(f"Expected at least 2 characters to score. Received: {len(ids)}")
+
+    @tf.function(reduce_retracing=True)
+    def chunk_loss(inputs, targets, states):
+        logits, *states = language_model([inputs, *states], training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+        return tf.reduce_sum(losses), states
+
+    states = initial_states(language_model, 1)
+    total = 0.0
+    for start in range(0, len(ids) - 1, chunk_length):
+        stop = min(start + chunk_length, len(ids) - 1)
+        loss, states = chunk_loss(ids[None, start:stop], ids[None, start + 1 : stop + 1], states)
+        total += float(loss)
+    return total / (len(ids) - 1)

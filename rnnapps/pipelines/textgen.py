@@ -36,7 +36,6 @@ from typing import ClassVar
 
 import click
 import keras
-import numpy as np
 import tensorflow as tf
 
 from rnnapps import runtime
@@ -46,19 +45,14 @@ from rnnapps.export import Endpoint
 from rnnapps.models.char_lm import (
     CELL_TYPES,
     ResetStatesAtEpochStart,
-    TruncatedBPTTModel,
+    ResetStatesEvery,
     build_char_lm,
-    initial_states,
-    step_function,
+    stream_cross_entropy,
 )
-from rnnapps.models.sampling import generate_tokens
+from rnnapps.models.char_text import CharTextModel, PrintSample, generate_text, make_sampler
 from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
 
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
-# The character fed first when a prompt is empty: a line break starts a speech in Tiny Shakespeare.
-START_CHARACTER = "\n"
-# Added to the out-of-vocabulary logit while generating, so the sampler never emits "[UNK]".
-_NEVER = -1e9
 
 
 @dataclasses.dataclass
@@ -92,186 +86,6 @@ class TextgenConfig(TrainingConfig):
         "full": dict(epochs=40, batch_size=64, sequence_length=128, learning_rate=2e-3, embedding_dim=128, units=512,
                      depth=3, dropout=0.3, early_stopping_patience=4),
     }
-
-
-@keras.saving.register_keras_serializable(package="rnnapps")
-class CharTextModel(TruncatedBPTTModel):
-    """A :class:`TruncatedBPTTModel` that also carries its character vocabulary.
-
-    The vocabulary travels in the model's config, so a model reloaded from
-    ``model.keras`` can still be exported with an in-graph character lookup.
-    The lookup layers are attributes, so an export that tracks the model also
-    saves their tables.
-
-    Args:
-        language_model: a :func:`rnnapps.models.char_lm.build_char_lm` model
-            whose vocabulary size is ``len(vocabulary) + 1`` (id 0: unknown).
-        batch_size: the fixed number of streams per training batch.
-        vocabulary: the characters with ids ``1..len(vocabulary)``.
-
-    Call arguments:
-        inputs: int32 ids ``(batch, time)``; returns float32 logits
-            ``(batch, time, len(vocabulary) + 1)``.
-
-    Example:
-
-    >>> model = CharTextModel(build_char_lm(3, embedding_dim=4, units=8), batch_size=2, vocabulary=["a", "b"])
-    >>> model.encode(tf.constant("abz")).numpy()
-    array([1, 2, 0], dtype=int32)
-    """
-
-    def __init__(self, language_model: keras.Model, batch_size: int, vocabulary, **kwargs):
-        super().__init__(language_model, batch_size, **kwargs)
-        vocabulary = list(vocabulary)
-        vocab_size = int(language_model.outputs[0].shape[-1])
-        if vocab_size != len(vocabulary) + 1:
-            raise ValueError(
-                f"Expected a language model with len(vocabulary) + 1 = {len(vocabulary) + 1} outputs. "
-                f"Received: language_model with {vocab_size} outputs"
-            )
-        self.vocabulary = vocabulary
-        self.char_to_id, self.id_to_char = text_corpus.make_char_lookup(vocabulary)
-
-    @property
-    def start_id(self) -> int:
-        """The id fed when a prompt is empty (a line break if the corpus has one, else id 0)."""
-        return self.vocabulary.index(START_CHARACTER) + 1 if START_CHARACTER in self.vocabulary else 0
-
-    def encode(self, text) -> tf.Tensor:
-        """Strings to int32 ids in the graph (unknown characters: id 0)."""
-        return text_corpus.encode_text(text, self.char_to_id)
-
-    def decode(self, ids) -> tf.Tensor:
-        """Ids ``(..., time)`` to strings ``(...)`` in the graph."""
-        return text_corpus.decode_ids(ids, self.id_to_char)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(vocabulary=list(self.vocabulary))
-        return config
-
-
-def generation_step(model: CharTextModel):
-    """The model's one-character step, with the unknown-character id never chosen."""
-    step = step_function(model.language_model)
-
-    def step_fn(token_ids, states):
-        logits, states = step(token_ids, states)
-        never_unknown = tf.one_hot(0, tf.shape(logits)[-1], on_value=_NEVER, off_value=0.0, dtype=logits.dtype)
-        return logits + never_unknown, states
-
-    return step_fn
-
-
-def generate_text(model: CharTextModel, prompt, length, temperature, seed, top_k=0) -> tf.Tensor:
-    """Graph-friendly: one prompt string (scalar) -> the ``length`` characters that follow it."""
-    prompt_ids = model.encode(prompt)[None, :]
-    tokens = generate_tokens(
-        generation_step(model),
-        initial_states(model.language_model, 1),
-        prompt_ids,
-        tf.maximum(tf.cast(length, tf.int32), 0),
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        start_id=model.start_id,
-    )
-    return model.decode(tokens)[0]
-
-
-def make_sampler(model: CharTextModel):
-    """A compiled ``sampler(prompt, length, temperature, seed) -> str`` for callbacks and evaluation."""
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([], tf.string),
-            tf.TensorSpec([], tf.int32),
-            tf.TensorSpec([], tf.float32),
-            tf.TensorSpec([], tf.int32),
-        ]
-    )
-    def sample(prompt, length, temperature, seed):
-        return generate_text(model, prompt, length, temperature, seed)
-
-    def sampler(prompt: str, length: int, temperature: float, seed: int) -> str:
-        return sample(tf.constant(prompt), tf.constant(length, tf.int32), tf.constant(temperature, tf.float32),
-                      tf.constant(seed, tf.int32)).numpy().decode("utf-8")
-
-    return sampler
-
-
-class ResetStatesEvery(keras.callbacks.Callback):
-    """Zeroes a :class:`TruncatedBPTTModel`'s training states every ``interval`` batches.
-
-    Carrying the state across a whole epoch teaches the model nothing about
-    starting from zero, which is how evaluation and generation start: a few
-    resets per epoch keep that regime in the training data.
-
-    Example:
-
-    >>> callback = ResetStatesEvery(10)
-    >>> # model.fit(stream, epochs=3, callbacks=[ResetStatesAtEpochStart(), callback])
-    """
-
-    def __init__(self, interval: int):
-        super().__init__()
-        if int(interval) < 1:
-            raise ValueError(f"Expected interval >= 1. Received: interval={interval}")
-        self.interval = int(interval)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch % self.interval == 0:
-            self.model.reset_states()
-
-
-class PrintSample(keras.callbacks.Callback):
-    """Prints ``length`` sampled characters after each epoch (silent when ``fit(verbose=0)``).
-
-    Example:
-
-    >>> callback = PrintSample("ROMEO:", length=200, temperature=0.8, seed=1)
-    >>> # model.fit(stream, epochs=3, callbacks=[callback])
-    """
-
-    def __init__(self, prompt: str, length: int, temperature: float, seed: int):
-        super().__init__()
-        self.prompt, self.length, self.temperature, self.seed = prompt, int(length), float(temperature), int(seed)
-        self._sampler = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.length <= 0 or not self.params.get("verbose", 1):
-            return
-        if self._sampler is None:
-            self._sampler = make_sampler(self.model)
-        text = self._sampler(self.prompt, self.length, self.temperature, self.seed + epoch)
-        print(f"\n--- sample after epoch {epoch + 1} (temperature {self.temperature}) ---\n{self.prompt}{text}\n---",
-              flush=True)
-
-
-def stream_cross_entropy(language_model: keras.Model, ids, chunk_length: int = 1000) -> float:
-    """Mean next-character cross-entropy (nats) over ``ids`` read as one stream.
-
-    The text is fed in chunks with the recurrent state carried from one chunk
-    to the next, so every character but the first is predicted from all the
-    text before it, and no character is dropped (unlike the batched streams).
-    """
-    ids = np.asarray(ids, dtype=np.int32)
-    if len(ids) < 2:
-        raise ValueError(f"Expected at least 2 characters to score. Received: {len(ids)}")
-
-    @tf.function(reduce_retracing=True)
-    def chunk_loss(inputs, targets, states):
-        logits, *states = language_model([inputs, *states], training=False)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
-        return tf.reduce_sum(losses), states
-
-    states = initial_states(language_model, 1)
-    total = 0.0
-    for start in range(0, len(ids) - 1, chunk_length):
-        stop = min(start + chunk_length, len(ids) - 1)
-        loss, states = chunk_loss(ids[None, start:stop], ids[None, start + 1 : stop + 1], states)
-        total += float(loss)
-    return total / (len(ids) - 1)
 
 
 def _stream(ids, config: TextgenConfig, split: str) -> tf.data.Dataset:
