@@ -162,10 +162,21 @@ def save_config(config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
+# Fields renamed since a run could have saved them: old name -> new name.
+RENAMED_FIELDS = {"max_train_minutes": "time_budget_minutes"}
+
+
 def load_config(config_cls: type, path: str | Path):
-    """Read a ``config.json`` written by :func:`save_config` back into ``config_cls``."""
+    """Read a ``config.json`` written by :func:`save_config` back into ``config_cls``.
+
+    Fields saved under a name listed in :data:`RENAMED_FIELDS` are read under
+    their new name, so older run directories still evaluate, export and resume.
+    """
     try:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{str(path)!r} not found: is this a run directory?") from None
+    for old, new in RENAMED_FIELDS.items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
     return apply_overrides(config_cls(), values, str(path))

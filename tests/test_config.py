@@ -74,3 +74,12 @@ def test_config_json_round_trip(tmp_path):
     config = resolve_config(ToyConfig, "full", set_options={"embeddings": "glove.txt"})
     save_config(config, tmp_path / "config.json")
     assert load_config(ToyConfig, tmp_path / "config.json") == config
+
+
+def test_renamed_fields_of_older_runs_still_load(tmp_path):
+    (tmp_path / "config.json").write_text('{"units": 4, "max_train_minutes": 2.5}')
+    config = load_config(ToyConfig, tmp_path / "config.json")
+    assert config.units == 4 and config.time_budget_minutes == 2.5
+    (tmp_path / "config.json").write_text('{"no_such_field": 1}')
+    with pytest.raises(ConfigError, match="no_such_field"):
+        load_config(ToyConfig, tmp_path / "config.json")
