@@ -25,8 +25,8 @@ SHAPES = {"svhn": (32, 32, 3), "binarized_mnist": (28, 28, 1)}
 SMOKE_STEPS = 3
 
 
-def _train_and_move(root: Path, dataset: str, data_dir: Path):
-    result = run("draw", preset="smoke", set_options={"dataset": dataset}, data_dir=str(data_dir),
+def _train_and_move(root: Path, dataset: str, data_dir: Path, **options):
+    result = run("draw", preset="smoke", set_options={"dataset": dataset, **options}, data_dir=str(data_dir),
                  output_dir=str(root / "runs"), export_dir=str(root / "exports"), verbose=0)
     # Serving must not depend on anything left at the training location.
     moved = root / "moved" / "1"
@@ -46,7 +46,8 @@ def svhn(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory):
-    return _train_and_move(tmp_path_factory.mktemp("draw_mnist"), "binarized_mnist", MNIST_DATA)
+    # The cpu preset's no-attention variant, end to end (SVHN above keeps the attention grids).
+    return _train_and_move(tmp_path_factory.mktemp("draw_mnist"), "binarized_mnist", MNIST_DATA, attention="false")
 
 
 @pytest.mark.parametrize("dataset", ["svhn", "binarized_mnist"])
@@ -58,6 +59,7 @@ def test_smoke_run_reports_bound_and_pictures(dataset, request):
     assert metrics["test_bits_per_dim"] == pytest.approx(metrics["test_nll_bound_nats"] / (dimensions * math.log(2)))
     assert metrics["test_examples"] == (6 if dataset == "svhn" else 8)
     assert len(metrics["test_kl_per_step_nats"]) == SMOKE_STEPS
+    assert result.config.attention is (dataset == "svhn")
     for picture in ("samples.png", "reconstructions.png", "kl_per_step.png", "canvas.gif", "learning_curves.png"):
         assert (result.run_dir / picture).stat().st_size > 0, picture
     with Image.open(result.run_dir / "canvas.gif") as gif:
