@@ -1,6 +1,6 @@
 """PixelRNN benchmark on real binarized MNIST (not a test): quality and speed on this machine.
 
-    python benchmarks/pixelrnn.py --data-dir /work/shared/data [--preset cpu] [--time-limit-minutes 25]
+    python benchmarks/pixelrnn.py --data-dir /work/shared/data [--preset cpu] [--time-limit-minutes 60]
 
 Trains the ``cpu`` preset through the shared runner (stopping early, at the end
 of a batch, if ``--time-limit-minutes`` runs out), evaluates the test NLL on the
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="/work/shared/data")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--time-limit-minutes", type=float, default=25.0)
+    parser.add_argument("--time-limit-minutes", type=float, default=60.0)
     parser.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "work" / "pixelrnn"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pixelrnn.json"))
     args = parser.parse_args()
