@@ -39,6 +39,8 @@ class TrainingConfig:
     # Multiply the learning rate by this after every epoch (1.0: constant). Annealing lets a
     # time-budgeted run settle into a minimum instead of stopping mid-stride.
     learning_rate_decay: float = 1.0
+    # Epochs at the full learning rate before the decay starts (0: decay from the second epoch).
+    learning_rate_hold_epochs: int = 0
     clipnorm: float = 1.0
     seed: int = 1337
     # Stop after this many epochs without improvement of the validation metric (0 disables).

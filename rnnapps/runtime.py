@@ -161,17 +161,24 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def learning_rate_decay_callback(learning_rate: float, decay: float) -> keras.callbacks.Callback | None:
-    """Exponential per-epoch decay, ``learning_rate * decay**epoch``; None when ``decay`` is 1.
+def learning_rate_decay_callback(
+    learning_rate: float, decay: float, hold_epochs: int = 0
+) -> keras.callbacks.Callback | None:
+    """Exponential per-epoch decay after ``hold_epochs`` at the full rate; None when ``decay`` is 1.
 
+    The rate of epoch ``e`` (from 0) is ``learning_rate * decay**max(0, e - hold_epochs)``.
     Per epoch rather than per wall-second so that a resumed or slower run follows the same
     schedule; after a resume the epoch index (and so the rate) continues where it stopped.
     """
     if not 0 < decay <= 1:
         raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
+    if hold_epochs < 0:
+        raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
     if decay == 1.0:
         return None
-    return keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate * decay**epoch)
+    return keras.callbacks.LearningRateScheduler(
+        lambda epoch: learning_rate * decay ** max(0, epoch - hold_epochs)
+    )
 
 
 def training_callbacks(
@@ -217,7 +224,8 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
         run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks,
         time_budget_minutes=getattr(config, "time_budget_minutes", None),
         learning_rate_schedule=learning_rate_decay_callback(
-            config.learning_rate, getattr(config, "learning_rate_decay", 1.0)),
+            config.learning_rate, getattr(config, "learning_rate_decay", 1.0),
+            getattr(config, "learning_rate_hold_epochs", 0)),
     )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():

@@ -137,3 +137,15 @@ def test_learning_rate_decays_once_per_epoch(tmp_path):
     assert runtime.learning_rate_decay_callback(1e-3, 1.0) is None
     with pytest.raises(ConfigError, match="learning_rate_decay"):
         runtime.learning_rate_decay_callback(1e-3, 1.5)
+    with pytest.raises(ConfigError, match="learning_rate_hold_epochs"):
+        runtime.learning_rate_decay_callback(1e-3, 0.5, hold_epochs=-1)
+
+
+def test_learning_rate_is_held_before_it_decays(tmp_path):
+    class Held(_Config):
+        epochs = 4
+        learning_rate_decay = 0.5
+        learning_rate_hold_epochs = 2
+
+    runtime.fit(_toy_model(), _toy_datasets(), Held, tmp_path, "val_loss", "min", verbose=0)
+    assert runtime.read_history(tmp_path / "history.csv")["learning_rate"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
