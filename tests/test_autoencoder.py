@@ -46,8 +46,10 @@ def tiny_model(vocabulary=None, **kwargs):
 
 # --- the model -------------------------------------------------------------------------------
 
-def test_model_round_trips(tmp_path):
-    model = tiny_model(cell="gru", decoder_cell="lstm", depth=2, word_dropout=0.3, dropout=0.1)
+@pytest.mark.parametrize("code_at_every_step", [False, True])
+def test_model_round_trips(tmp_path, code_at_every_step):
+    model = tiny_model(cell="gru", decoder_cell="lstm", depth=2, word_dropout=0.3, dropout=0.1,
+                       code_at_every_step=code_at_every_step)
     ids = model.token_ids(tf.constant(CORPUS[:3])).numpy()
     check_layer(model, ids, tmp_path, expected_output_shape=(3, ids.shape[1] + 1, len(model.vocabulary)))
 
@@ -74,9 +76,11 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 @pytest.mark.filterwarnings("ignore:.*shuffle=True")
-def test_reconstructs_the_fixture_corpus_and_needs_the_code():
+@pytest.mark.parametrize("code_at_every_step", [False, True])
+def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step):
     keras.utils.set_random_seed(0)
-    model = tiny_model(cell="gru", units=32, code_size=32, decoder_units=32, embedding_dim=16)
+    model = tiny_model(cell="gru", units=32, code_size=32, decoder_units=32, embedding_dim=16,
+                       code_at_every_step=code_at_every_step)
     model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=False)
     ids = model.token_ids(tf.constant(CORPUS))
     model.fit(tf.data.Dataset.from_tensor_slices(ids).batch(8).repeat(), steps_per_epoch=200, epochs=1, verbose=0)
@@ -110,10 +114,11 @@ def test_word_dropout_acts_only_in_training():
                                plain.decode_teacher_forced(code, ids, training=False))
 
 
-def test_mixed_float16_keeps_logits_and_loss_float32():
+@pytest.mark.parametrize("code_at_every_step", [False, True])
+def test_mixed_float16_keeps_logits_and_loss_float32(code_at_every_step):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = tiny_model()
+        model = tiny_model(code_at_every_step=code_at_every_step)
         ids = model.token_ids(tf.constant(CORPUS[:4]))
         logits = model(ids)
         assert logits.dtype == "float32" and model.embedding.embeddings.dtype == "float32"

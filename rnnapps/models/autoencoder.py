@@ -74,6 +74,9 @@ class Seq2SeqAutoencoder(keras.Model):
     thing the decoder learns about the input. One tanh bridge per decoder state
     maps the code to the decoder's initial state; the decoder (GRU/LSTM) then
     predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing). With
+    ``code_at_every_step`` the code is also concatenated to the decoder's input
+    at every step (Cho et al. 2014's decoder), a short path from every target
+    token back to the code instead of one through the whole recurrence. With
     ``word_dropout`` some decoder inputs become ``[UNK]`` during training, so
     the decoder cannot lean on the previous word and the code has to carry the
     content (Bowman et al. 2016). Inference decodes greedily from the code, in
@@ -99,6 +102,8 @@ class Seq2SeqAutoencoder(keras.Model):
         code_size: size of the code (the sentence embedding).
         decoder_cell: decoder cell (default: ``cell``).
         decoder_units: decoder units.
+        code_at_every_step: also feed the code to the decoder at every step,
+            concatenated to the input word's embedding.
         embedding_dropout: dropout on the embedded tokens (encoder and decoder).
         dropout: dropout between encoder layers and before the output projection.
         word_dropout: probability of replacing a decoder input token by
@@ -135,6 +140,7 @@ class Seq2SeqAutoencoder(keras.Model):
         code_size: int = 256,
         decoder_cell: str | None = None,
         decoder_units: int = 256,
+        code_at_every_step: bool = False,
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
         word_dropout: float = 0.0,
@@ -161,6 +167,7 @@ class Seq2SeqAutoencoder(keras.Model):
         self.bidirectional = bool(bidirectional)
         self.code_size = _check_positive("code_size", code_size)
         self.decoder_units = _check_positive("decoder_units", decoder_units)
+        self.code_at_every_step = bool(code_at_every_step)
         self.embedding_dropout_rate = _check_rate("embedding_dropout", embedding_dropout)
         self.dropout = _check_rate("dropout", dropout)
         self.word_dropout = _check_rate("word_dropout", word_dropout)
@@ -197,12 +204,25 @@ class Seq2SeqAutoencoder(keras.Model):
         self.bottleneck.build((None, states * self.units))
         for bridge in self.bridges:
             bridge.build((None, self.code_size))
-        self.decoder.build((None, None, self.embedding_dim))
+        self.decoder.build((None, None, self.decoder_input_dim))
         self.projection.build((None, self.decoder_units))
         # Every weight exists now: a reloaded model restores them without a forward pass.
         self.built = True
 
     # -- the parts ----------------------------------------------------------------------------
+
+    @property
+    def decoder_input_dim(self) -> int:
+        return self.embedding_dim + (self.code_size if self.code_at_every_step else 0)
+
+    def decoder_inputs(self, embedded, code):
+        """The decoder's input: embedded words ``(batch, [time,] embedding_dim)``, with the code when fed every step."""
+        if not self.code_at_every_step:
+            return embedded
+        code = ops.cast(code, embedded.dtype)
+        if len(embedded.shape) == 3:
+            code = ops.broadcast_to(ops.expand_dims(code, 1), (*ops.shape(embedded)[:2], self.code_size))
+        return ops.concatenate([embedded, code], axis=-1)
 
     def token_ids(self, text):
         """The int32 ids ``(batch, time >= 1)`` the model reads from raw strings ``(batch,)``."""
@@ -232,7 +252,7 @@ class Seq2SeqAutoencoder(keras.Model):
             decoder_inputs = ops.where(drop, UNKNOWN_ID, decoder_inputs)
         embedded = self.embedding_dropout(self.embedding(decoder_inputs), training=training)
         outputs = self.decoder(
-            embedded,
+            self.decoder_inputs(embedded, code),
             initial_state=self.initial_decoder_states(code),
             mask=ops.not_equal(decoder_inputs, PAD_ID),
             training=training,
@@ -273,7 +293,7 @@ class Seq2SeqAutoencoder(keras.Model):
         banned = tf.equal(tf.range(len(self.vocabulary)), START_ID)
 
         def step_fn(tokens, states):
-            outputs, new_states = cell(self.embedding(tokens), states, training=False)
+            outputs, new_states = cell(self.decoder_inputs(self.embedding(tokens), code), states, training=False)
             new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
             logits = tf.where(banned, -1e9, tf.cast(self.projection(outputs), tf.float32))
             return tf.nn.log_softmax(logits), new_states, None
@@ -315,6 +335,7 @@ class Seq2SeqAutoencoder(keras.Model):
             code_size=self.code_size,
             decoder_cell=self.decoder_cell,
             decoder_units=self.decoder_units,
+            code_at_every_step=self.code_at_every_step,
             embedding_dropout=self.embedding_dropout_rate,
             dropout=self.dropout,
             word_dropout=self.word_dropout,

@@ -86,6 +86,8 @@ class AutoencoderConfig(TrainingConfig):
     # Decoder cell (None: the encoder's) and width.
     decoder_cell: str | None = None
     decoder_units: int = 256
+    # Concatenate the code to the decoder's input at every step, not only its initial state.
+    code_at_every_step: bool = False
     embedding_dropout: float = 0.1
     dropout: float = 0.2
     # Probability of replacing a decoder input token by [UNK] while training.
@@ -294,6 +296,7 @@ class AutoencoderPipeline(Pipeline):
             code_size=config.code_size,
             decoder_cell=config.decoder_cell,
             decoder_units=config.decoder_units,
+            code_at_every_step=config.code_at_every_step,
             embedding_dropout=config.embedding_dropout,
             dropout=config.dropout,
             word_dropout=config.word_dropout,
