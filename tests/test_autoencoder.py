@@ -153,10 +153,19 @@ def smoke_run(tmp_path_factory):
     return result, moved, tf.saved_model.load(str(moved))
 
 
+def test_reconstruction_metrics_count_unknown_reference_tokens():
+    model = tiny_model(with_markers(["", "[UNK]", "film", "good"]))
+    # References: "film [UNK] </s>" and "good </s>": 1 of 5 tokens is [UNK].
+    scores = reconstruction_metrics(model, ["film zzz", "good"])
+    assert scores["tokens"] == 5 and scores["unknown_share"] == pytest.approx(0.2)
+    assert 0.0 <= scores["token_accuracy"] <= 1.0
+
+
 def test_run_reports_reconstruction_metrics_and_the_pca_picture(smoke_run):
     result, _, _ = smoke_run
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["test_examples"] == 32 and metrics["test_tokens"] > 32
+    assert 0.0 <= metrics["test_unknown_share"] < 1.0
     for name in ("test_token_accuracy", "test_exact_match", "test_teacher_forced_token_accuracy"):
         assert 0.0 <= metrics[name] <= 1.0
     assert (result.run_dir / "embedding_pca.png").stat().st_size > 0 and len(metrics["pca_variance_share"]) == 2

@@ -49,6 +49,7 @@ from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
 from rnnapps.models.autoencoder import (
     PAD_ID,
+    UNKNOWN_ID,
     Seq2SeqAutoencoder,
     reconstruction_targets,
     with_markers,
@@ -184,6 +185,8 @@ def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = E
     ``max_length``, ``[UNK]`` for unknown words) followed by ``</s>``; a token
     counts as right when the decoder emits it at the same position, and a text
     matches exactly when every position (``</s>`` included) is right.
+    ``unknown_share`` is the share of reference tokens that are ``[UNK]``: the
+    part of the accuracy that an out-of-vocabulary word gives away.
     """
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -197,15 +200,17 @@ def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = E
         right = tf.equal(hypotheses, labels) & real
         counts = tf.reduce_sum(tf.cast(right, tf.int64), axis=1)
         totals = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
-        return counts, totals, model.ids_to_text(result.ids)
+        unknowns = tf.reduce_sum(tf.cast(tf.equal(labels, UNKNOWN_ID) & real, tf.int64), axis=1)
+        return counts, totals, unknowns, model.ids_to_text(result.ids)
 
-    right = total = exact = 0
+    right = total = exact = unknown = 0
     samples = []
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
-        counts, totals, reconstructions = (value.numpy() for value in score(tf.constant(batch)))
+        counts, totals, unknowns, reconstructions = (value.numpy() for value in score(tf.constant(batch)))
         right += int(counts.sum())
         total += int(totals.sum())
+        unknown += int(unknowns.sum())
         exact += int((counts == totals).sum())
         for text, reconstruction in zip(batch, reconstructions, strict=True):
             if len(samples) < SAMPLE_RECONSTRUCTIONS:
@@ -215,6 +220,7 @@ def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = E
         "exact_match": exact / max(len(texts), 1),
         "examples": len(texts),
         "tokens": total,
+        "unknown_share": unknown / max(total, 1),
         "samples": samples,
     }
 
@@ -324,6 +330,7 @@ class AutoencoderPipeline(Pipeline):
             "test_exact_match": greedy["exact_match"],
             "test_examples": greedy["examples"],
             "test_tokens": greedy["tokens"],
+            "test_unknown_share": greedy["unknown_share"],
             "test_teacher_forced_token_accuracy": float(teacher_forced["token_accuracy"]),
             "test_loss": float(teacher_forced["loss"]),
         }
