@@ -54,17 +54,35 @@ def _history_epochs(run_dir: Path) -> int:
     return len(runtime.read_history(run_dir / "history.csv").get("epoch", []))
 
 
-def run_multi30k(arguments, set_options: dict) -> dict:
+def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> dict:
+    """Train (or, with ``--resume-multi30k``, continue) the Multi30k autoencoder and score val.
+
+    A resumed run trains for another ``time_budget_minutes`` from its last completed epoch;
+    ``sessions`` lists the wall time of each part and ``wall_seconds`` is their sum.
+    """
     import keras
 
     from benchmarks.common import machine_under_load, timed_run
-    from rnnapps.config import resolve_config
+    from rnnapps.config import load_config
     from rnnapps.pipelines.autoencoder import AutoencoderConfig, load_texts, reconstruction_metrics
 
-    options = {**MULTI30K_SETTINGS, **set_options}
-    config = resolve_config(AutoencoderConfig, arguments.preset, set_options=options)
-    run = timed_run("autoencoder", arguments.preset, options, arguments.multi30k_data_dir,
-                    Path(arguments.work_dir) / "multi30k")
+    earlier_sessions = []
+    if arguments.resume_multi30k:
+        resumed = Path(arguments.resume_multi30k).resolve()
+        config = load_config(AutoencoderConfig, resumed / "config.json")
+        options = (previous or {}).get("set_options", {})
+        if previous and Path(previous.get("run_dir", "")).resolve() == resumed:
+            earlier_sessions = previous.get("sessions", [previous["wall_seconds"]])
+        run = timed_run("autoencoder", arguments.preset, {}, arguments.multi30k_data_dir,
+                        Path(arguments.work_dir) / "multi30k", resume=str(resumed))
+    else:
+        from rnnapps.config import resolve_config
+
+        options = {**MULTI30K_SETTINGS, **set_options}
+        config = resolve_config(AutoencoderConfig, arguments.preset, set_options=options)
+        run = timed_run("autoencoder", arguments.preset, options, arguments.multi30k_data_dir,
+                        Path(arguments.work_dir) / "multi30k")
+    sessions = [*earlier_sessions, round(run.wall_seconds, 1)]
     model = keras.saving.load_model(run.result.run_dir / "model.keras")
     validation = load_texts(config, Path(arguments.multi30k_data_dir))["validation"]
     scores = reconstruction_metrics(model, validation)
@@ -83,7 +101,8 @@ def run_multi30k(arguments, set_options: dict) -> dict:
         "target_val_token_accuracy": TARGET_VAL_TOKEN_ACCURACY,
         "target_met": bool(scores["token_accuracy"] >= TARGET_VAL_TOKEN_ACCURACY),
         "epochs_run": _history_epochs(run.result.run_dir),
-        "wall_seconds": round(run.wall_seconds, 1),
+        "wall_seconds": round(sum(sessions), 1),
+        "sessions": sessions,
         "train_seconds": metrics["train_seconds_this_session"],
         "machine": machine_under_load(run.load_average_at_start),
         "samples": scores["samples"][:10],
@@ -184,6 +203,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--set-sentiment", action="append", default=[], metavar="KEY=VALUE",
                         help="Sentiment override for both arms.")
     parser.add_argument("--skip-multi30k", action="store_true")
+    parser.add_argument("--resume-multi30k", metavar="RUN_DIR",
+                        help="Continue this Multi30k run for another time budget instead of starting one.")
     parser.add_argument("--skip-dai-le", action="store_true")
     parser.add_argument("--work-dir", default=str(Path(__file__).parent / "work" / "autoencoder"),
                         help="Runs and exports go here (git-ignored).")
@@ -206,7 +227,8 @@ def main(argv=None) -> dict:
 
     results = dict(previous)
     if not arguments.skip_multi30k:
-        results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k))
+        results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k),
+                                           previous.get("multi30k"))
         write_report(results_path, results)
     if not arguments.skip_dai_le:
         results["dai_le"] = run_dai_le(

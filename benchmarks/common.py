@@ -79,17 +79,19 @@ class TimedRun:
     load_average_at_start: tuple[float, float, float]
 
 
-def timed_run(pipeline: str, preset: str, set_options: dict, data_dir: str, work_dir, extra_callbacks=()) -> TimedRun:
+def timed_run(pipeline: str, preset: str, set_options: dict, data_dir: str, work_dir, extra_callbacks=(),
+              resume: bool | str = False) -> TimedRun:
     """Train, evaluate and export through the shared runner, as ``rnnapps run`` does.
 
-    Runs go to ``work_dir/runs`` and exports to ``work_dir/exports``.
+    Runs go to ``work_dir/runs`` and exports to ``work_dir/exports``; ``resume`` (a run
+    directory) continues that run with its saved config, as ``rnnapps run --resume`` does.
     """
     load_average_at_start = os.getloadavg()
     started = time.perf_counter()
     result = runner.run(
         pipeline, preset=preset, set_options=set_options, data_dir=data_dir,
         output_dir=str(Path(work_dir) / "runs"), export_dir=str(Path(work_dir) / "exports"),
-        extra_callbacks=list(extra_callbacks), verbose=2,
+        extra_callbacks=list(extra_callbacks), verbose=2, resume=resume,
     )
     return TimedRun(result, time.perf_counter() - started, load_average_at_start)
 

@@ -50,6 +50,7 @@ class TrainingConfig:
     # Use at most this many training examples (None: all); for quick experiments.
     max_train_examples: int | None = None
     # Stop training after this many minutes (None: no limit); the best epoch's weights are kept.
+    # The budget is per session: `--resume` continues a budgeted run for another one.
     time_budget_minutes: float | None = None
 
 

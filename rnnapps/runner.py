@@ -58,11 +58,17 @@ def run(
 
     ``resume=True`` continues the latest run of ``name`` under ``output_dir``
     (``resume`` may also be a run directory) with its saved config; training
-    restarts from the last completed epoch.
+    restarts from the last completed epoch. That extends a finished run too:
+    pass a larger ``epochs``, or let it use another ``time_budget_minutes``.
     """
     pipeline = get_pipeline(name)
     if resume:
         run_dir = runtime.latest_run_dir(output_dir, name) if resume is True else Path(resume)
+        if (run_dir / MODEL_FILE).exists() and not (run_dir / "backup").exists():
+            raise ConfigError(
+                f"{str(run_dir)!r} finished without a training backup (runs of older rnnapps versions delete it), "
+                f"so it cannot be continued; start a new run"
+            )
         config = load_config(pipeline.config_class, run_dir / "config.json")
         if epochs is not None:
             config = dataclasses.replace(config, epochs=epochs)

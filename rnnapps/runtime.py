@@ -183,14 +183,20 @@ def learning_rate_decay_callback(
 
 def training_callbacks(
     run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None,
-    learning_rate_schedule: keras.callbacks.Callback | None = None,
+    learning_rate_schedule: keras.callbacks.Callback | None = None, best_so_far: float | None = None,
 ) -> list:
-    """Checkpoints, resume backups, logs, early stopping and NaN detection."""
+    """Checkpoints, resume backups, logs, early stopping and NaN detection.
+
+    ``best_so_far`` (a resumed run's best ``monitor`` value) keeps the best-epoch
+    checkpoint from being overwritten by a worse epoch of the new session.
+    """
     # Pipeline callbacks run right after the restore and before checkpointing, logging and early
     # stopping, so a callback that adds a validation metric (e.g. NER's span F1) to the epoch's
     # logs can be the monitored metric.
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # The backup outlives a finished fit, so `--resume` can also extend a finished or
+        # time-budgeted run (more epochs, another budget) instead of starting it over.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
         *([learning_rate_schedule] if learning_rate_schedule else []),
         *extra,
         keras.callbacks.ModelCheckpoint(
@@ -199,6 +205,7 @@ def training_callbacks(
             mode=mode,
             save_best_only=True,
             save_weights_only=True,
+            initial_value_threshold=best_so_far,
         ),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False, profile_batch=0),
@@ -216,16 +223,21 @@ def training_callbacks(
 def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode: str, extra_callbacks=(), verbose="auto"):
     """Train ``model`` on ``datasets.train`` with the shared callbacks; returns the History.
 
-    Resumes from ``run_dir/backup`` when a previous attempt was interrupted.
-    Raises :class:`TrainingError` when the loss became NaN.
+    Resumes from ``run_dir/backup`` after an interruption, and continues a
+    finished run the same way (from its last epoch, for the epochs or time
+    budget left); with early stopping on, the model ends with the best epoch's
+    weights over all sessions. Raises :class:`TrainingError` when the loss became NaN.
     """
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    best_checkpoint = run_dir / "checkpoints" / "best.weights.h5"
+    best_so_far = _best_logged(run_dir / "history.csv", monitor, mode) if best_checkpoint.exists() else None
     callbacks = training_callbacks(
         run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks,
         time_budget_minutes=getattr(config, "time_budget_minutes", None),
         learning_rate_schedule=learning_rate_decay_callback(
             config.learning_rate, getattr(config, "learning_rate_decay", 1.0),
             getattr(config, "learning_rate_hold_epochs", 0)),
+        best_so_far=best_so_far,
     )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():
@@ -239,7 +251,18 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
             f"loss became NaN at batch {nan_guard.bad_batch}; try a lower learning_rate or clipnorm "
             f"(--set learning_rate=...). The last good epoch is backed up in {run_dir / 'backup'}"
         )
+    if best_so_far is not None and config.early_stopping_patience:
+        # Early stopping only knows this session's epochs; the checkpoint holds the best of all.
+        model.load_weights(best_checkpoint)
     return history
+
+
+def _best_logged(history_path: Path, monitor: str, mode: str) -> float | None:
+    """The best ``monitor`` value in a run's ``history.csv`` (None when there is none)."""
+    values = [value for value in read_history(history_path).get(monitor, []) if math.isfinite(value)]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
 
 
 def _fit(model, datasets, config, callbacks, verbose):

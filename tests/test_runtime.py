@@ -76,7 +76,7 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path):
     assert len(history["loss"]) == 2 and all(math.isfinite(v) for v in history["val_loss"])
     assert (tmp_path / "checkpoints" / "best.weights.h5").exists()
     assert any((tmp_path / "logs").rglob("*"))
-    assert not (tmp_path / "backup").exists()  # removed once training completes
+    assert (tmp_path / "backup").exists()  # kept after training, so --resume can extend the run
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):

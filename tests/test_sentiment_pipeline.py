@@ -116,6 +116,34 @@ def test_interrupted_run_resumes_and_completes(tmp_path):
     assert (run_dir / "model.keras").exists() and "test_accuracy" in resumed.metrics
 
 
+def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path):
+    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    first = runner.run("sentiment", "smoke", epochs=2, set_options={"early_stopping_patience": "5"}, **common)
+    history = runtime.read_history(first.run_dir / "history.csv")
+    assert history["epoch"] == [0.0, 1.0] and (first.run_dir / "backup").exists()
+    best_before = max(history["val_accuracy"])
+    extended = runner.run("sentiment", resume=first.run_dir, epochs=4, **common)
+    history = runtime.read_history(first.run_dir / "history.csv")
+    assert history["epoch"] == [0.0, 1.0, 2.0, 3.0]  # continued after epoch 1, not from scratch
+    # The saved model is the best epoch of both sessions: its validation accuracy is the logged best.
+    model = keras.saving.load_model(first.run_dir / "model.keras")
+    assert max(history["val_accuracy"]) >= best_before
+    validation = runner.get_pipeline("sentiment").load_data(extended.config, FIXTURES).validation
+    accuracy = model.evaluate(validation, return_dict=True, verbose=0)["accuracy"]
+    assert accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+
+
+def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
+    from rnnapps.errors import ConfigError
+
+    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    first = runner.run("sentiment", "smoke", epochs=1, **common)
+    shutil.rmtree(first.run_dir / "backup")
+    with pytest.raises(ConfigError, match="cannot be continued"):
+        runner.run("sentiment", resume=True, **common)
+    assert len(runtime.read_history(first.run_dir / "history.csv")["epoch"]) == 1
+
+
 def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
     from rnnapps.config import resolve_config
     from rnnapps.data.sources import resolve_path
