@@ -122,6 +122,27 @@ def _sentiment_arm(run) -> dict:
     }
 
 
+def _sentiment_arms(arguments, pretraining_run_dir: Path, sentiment_options: dict, work: Path) -> dict:
+    """Sentiment from random init, then from the autoencoder: every setting equal but ``init_from``."""
+    from benchmarks.common import timed_run
+
+    common = {**SENTIMENT_SETTINGS, **sentiment_options}
+    random_init = timed_run("sentiment", arguments.sentiment_preset, common, arguments.data_dir, work)
+    pretrained_options = {**common, "init_from": str(pretraining_run_dir)}
+    pretrained = timed_run("sentiment", arguments.sentiment_preset, pretrained_options, arguments.data_dir, work)
+    random_arm, pretrained_arm = _sentiment_arm(random_init), _sentiment_arm(pretrained)
+    return {
+        "seed": random_init.result.config.seed,
+        "sentiment_set_options": common,
+        "sentiment_config": dict(vars(random_init.result.config)),
+        "random_init": random_arm,
+        "pretrained": pretrained_arm,
+        "pretrained_run": pretrained,
+        "test_accuracy_gain": round(pretrained_arm["test_accuracy"] - random_arm["test_accuracy"], 4),
+        "pretraining_helped": bool(pretrained_arm["test_accuracy"] > random_arm["test_accuracy"]),
+    }
+
+
 def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) -> dict:
     import keras
 
@@ -129,10 +150,8 @@ def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) ->
 
     work = Path(arguments.work_dir) / "dai_le"
     pretraining = timed_run("autoencoder", arguments.preset, autoencoder_options, arguments.data_dir, work)
-    common = {**SENTIMENT_SETTINGS, **sentiment_options}
-    random_init = timed_run("sentiment", arguments.sentiment_preset, common, arguments.data_dir, work)
-    pretrained_options = {**common, "init_from": str(pretraining.result.run_dir)}
-    pretrained = timed_run("sentiment", arguments.sentiment_preset, pretrained_options, arguments.data_dir, work)
+    arms = _sentiment_arms(arguments, pretraining.result.run_dir, sentiment_options, work)
+    pretrained = arms.pop("pretrained_run")
 
     autoencoder = keras.saving.load_model(pretraining.result.run_dir / "model.keras")
     sentiment = keras.saving.load_model(pretrained.result.run_dir / "model.keras")
@@ -140,7 +159,7 @@ def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) ->
     known = set(autoencoder.vocabulary[1:])
     coverage = sum(token in known for token in sentiment_vocabulary[1:]) / max(len(sentiment_vocabulary) - 1, 1)
     metrics = pretraining.result.metrics
-    random_arm, pretrained_arm = _sentiment_arm(random_init), _sentiment_arm(pretrained)
+    arms["pretrained"]["embedding_coverage"] = round(coverage, 4)
     return {
         "autoencoder": {
             "preset": arguments.preset,
@@ -153,16 +172,23 @@ def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) ->
             "epochs_run": _history_epochs(pretraining.result.run_dir),
             "wall_seconds": round(pretraining.wall_seconds, 1),
             "train_seconds": metrics["train_seconds_this_session"],
+            "run_dir": str(pretraining.result.run_dir),
         },
         "sentiment_preset": arguments.sentiment_preset,
-        "sentiment_set_options": common,
-        "sentiment_config": dict(vars(random_init.result.config)),
-        "random_init": random_arm,
-        "pretrained": {**pretrained_arm, "embedding_coverage": round(coverage, 4)},
-        "test_accuracy_gain": round(pretrained_arm["test_accuracy"] - random_arm["test_accuracy"], 4),
-        "pretraining_helped": bool(pretrained_arm["test_accuracy"] > random_arm["test_accuracy"]),
+        **arms,
         "machine": machine_under_load(pretraining.load_average_at_start),
     }
+
+
+def repeat_dai_le(arguments, previous: dict, sentiment_options: dict) -> dict:
+    """Both sentiment arms again from the same pretraining run (e.g. another seed), added to ``repeats``."""
+    run_dir = Path(previous["autoencoder"]["run_dir"])
+    if not (run_dir / "model.keras").exists():
+        raise SystemExit(f"--repeat-dai-le needs the pretraining run of the dai_le section: {run_dir} is gone")
+    arms = _sentiment_arms(arguments, run_dir, sentiment_options, Path(arguments.work_dir) / "dai_le")
+    arms.pop("pretrained_run")
+    arms.pop("sentiment_config")
+    return {**previous, "repeats": [*previous.get("repeats", []), arms]}
 
 
 def table(results: dict) -> str:
@@ -187,6 +213,13 @@ def table(results: dict) -> str:
                 f"| IMDB test accuracy, sentiment `{dai_le['sentiment_preset']}` {name} | {arm['test_accuracy']:.2%} "
                 f"(AUC {arm['test_auc']:.4f}, {arm['epochs_run']} epochs) | {arm['wall_seconds'] / 60:.1f} min |"
             )
+    for repeat in (dai_le or {}).get("repeats", []):
+        rows.append(
+            f"| same, seed {repeat['seed']}: random init → from the autoencoder | "
+            f"{repeat['random_init']['test_accuracy']:.2%} → {repeat['pretrained']['test_accuracy']:.2%} "
+            f"({repeat['test_accuracy_gain'] * 100:+.2f} points) | "
+            f"{repeat['random_init']['wall_seconds'] / 60:.1f} + {repeat['pretrained']['wall_seconds'] / 60:.1f} min |"
+        )
     return "\n".join(rows)
 
 
@@ -206,6 +239,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume-multi30k", metavar="RUN_DIR",
                         help="Continue this Multi30k run for another time budget instead of starting one.")
     parser.add_argument("--skip-dai-le", action="store_true")
+    parser.add_argument("--repeat-dai-le", action="store_true",
+                        help="Run only the two sentiment arms again (use --set-sentiment seed=N), from the dai_le "
+                             "section's pretraining run, and add them to its repeats.")
     parser.add_argument("--work-dir", default=str(Path(__file__).parent / "work" / "autoencoder"),
                         help="Runs and exports go here (git-ignored).")
     parser.add_argument("--results", default=str(RESULTS))
@@ -226,15 +262,21 @@ def main(argv=None) -> dict:
     from rnnapps.config import parse_set_options
 
     results = dict(previous)
-    if not arguments.skip_multi30k:
+    if not (arguments.skip_multi30k or arguments.repeat_dai_le):
         results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k),
                                            previous.get("multi30k"))
         write_report(results_path, results)
-    if not arguments.skip_dai_le:
-        results["dai_le"] = run_dai_le(
-            arguments, parse_set_options(arguments.set_imdb), parse_set_options(arguments.set_sentiment)
-        )
-    results["command"] = command_line("autoencoder.py", argv)
+    if arguments.repeat_dai_le:
+        if "dai_le" not in previous:
+            parser.error("--repeat-dai-le needs a dai_le section in --results")
+        results["dai_le"] = repeat_dai_le(arguments, previous["dai_le"], parse_set_options(arguments.set_sentiment))
+        results["dai_le"]["repeats"][-1]["command"] = command_line("autoencoder.py", argv)
+    else:
+        if not arguments.skip_dai_le:
+            results["dai_le"] = run_dai_le(
+                arguments, parse_set_options(arguments.set_imdb), parse_set_options(arguments.set_sentiment)
+            )
+        results["command"] = command_line("autoencoder.py", argv)
     write_report(results_path, results)
     print(table(results))
     return results
