@@ -122,6 +122,17 @@ def _sentiment_arm(run) -> dict:
     }
 
 
+def _embedding_coverage(autoencoder_run_dir: Path, sentiment_run_dir: Path) -> float:
+    """Share of the sentiment vocabulary (padding aside) that the autoencoder's vocabulary holds."""
+    import keras
+
+    autoencoder = keras.saving.load_model(autoencoder_run_dir / "model.keras")
+    sentiment = keras.saving.load_model(sentiment_run_dir / "model.keras")
+    sentiment_vocabulary = sentiment.get_layer("vectorizer").get_vocabulary()
+    known = set(autoencoder.vocabulary[1:])
+    return round(sum(token in known for token in sentiment_vocabulary[1:]) / max(len(sentiment_vocabulary) - 1, 1), 4)
+
+
 def _sentiment_arms(arguments, pretraining_run_dir: Path, sentiment_options: dict, work: Path) -> dict:
     """Sentiment from random init, then from the autoencoder: every setting equal but ``init_from``."""
     from benchmarks.common import timed_run
@@ -131,35 +142,25 @@ def _sentiment_arms(arguments, pretraining_run_dir: Path, sentiment_options: dic
     pretrained_options = {**common, "init_from": str(pretraining_run_dir)}
     pretrained = timed_run("sentiment", arguments.sentiment_preset, pretrained_options, arguments.data_dir, work)
     random_arm, pretrained_arm = _sentiment_arm(random_init), _sentiment_arm(pretrained)
+    pretrained_arm["embedding_coverage"] = _embedding_coverage(pretraining_run_dir, pretrained.result.run_dir)
     return {
         "seed": random_init.result.config.seed,
         "sentiment_set_options": common,
         "sentiment_config": dict(vars(random_init.result.config)),
         "random_init": random_arm,
         "pretrained": pretrained_arm,
-        "pretrained_run": pretrained,
         "test_accuracy_gain": round(pretrained_arm["test_accuracy"] - random_arm["test_accuracy"], 4),
         "pretraining_helped": bool(pretrained_arm["test_accuracy"] > random_arm["test_accuracy"]),
     }
 
 
 def run_dai_le(arguments, autoencoder_options: dict, sentiment_options: dict) -> dict:
-    import keras
-
     from benchmarks.common import machine_under_load, timed_run
 
     work = Path(arguments.work_dir) / "dai_le"
     pretraining = timed_run("autoencoder", arguments.preset, autoencoder_options, arguments.data_dir, work)
     arms = _sentiment_arms(arguments, pretraining.result.run_dir, sentiment_options, work)
-    pretrained = arms.pop("pretrained_run")
-
-    autoencoder = keras.saving.load_model(pretraining.result.run_dir / "model.keras")
-    sentiment = keras.saving.load_model(pretrained.result.run_dir / "model.keras")
-    sentiment_vocabulary = sentiment.get_layer("vectorizer").get_vocabulary()
-    known = set(autoencoder.vocabulary[1:])
-    coverage = sum(token in known for token in sentiment_vocabulary[1:]) / max(len(sentiment_vocabulary) - 1, 1)
     metrics = pretraining.result.metrics
-    arms["pretrained"]["embedding_coverage"] = round(coverage, 4)
     return {
         "autoencoder": {
             "preset": arguments.preset,
@@ -186,7 +187,6 @@ def repeat_dai_le(arguments, previous: dict, sentiment_options: dict) -> dict:
     if not (run_dir / "model.keras").exists():
         raise SystemExit(f"--repeat-dai-le needs the pretraining run of the dai_le section: {run_dir} is gone")
     arms = _sentiment_arms(arguments, run_dir, sentiment_options, Path(arguments.work_dir) / "dai_le")
-    arms.pop("pretrained_run")
     arms.pop("sentiment_config")
     return {**previous, "repeats": [*previous.get("repeats", []), arms]}
 
