@@ -64,7 +64,7 @@ def run(
     pipeline = get_pipeline(name)
     if resume:
         run_dir = runtime.latest_run_dir(output_dir, name) if resume is True else Path(resume)
-        if (run_dir / MODEL_FILE).exists() and not (run_dir / "backup").exists():
+        if (run_dir / MODEL_FILE).exists() and not (run_dir / runtime.BACKUP_DIR).exists():
             raise ConfigError(
                 f"{str(run_dir)!r} finished without a training backup (runs of older rnnapps versions delete it), "
                 f"so it cannot be continued; start a new run"

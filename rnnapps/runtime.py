@@ -118,6 +118,9 @@ def _json_default(value):
     return str(value)
 
 
+# Where BackupAndRestore keeps the last completed epoch of a run (what --resume continues from).
+BACKUP_DIR = "backup"
+
 # --- callbacks -------------------------------------------------------------------------------
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -196,7 +199,7 @@ def training_callbacks(
     callbacks = [
         # The backup outlives a finished fit, so `--resume` can also extend a finished or
         # time-budgeted run (more epochs, another budget) instead of starting it over.
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), delete_checkpoint=False),
         *([learning_rate_schedule] if learning_rate_schedule else []),
         *extra,
         keras.callbacks.ModelCheckpoint(
@@ -249,7 +252,7 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
     if nan_guard.bad_batch is not None:
         raise TrainingError(
             f"loss became NaN at batch {nan_guard.bad_batch}; try a lower learning_rate or clipnorm "
-            f"(--set learning_rate=...). The last good epoch is backed up in {run_dir / 'backup'}"
+            f"(--set learning_rate=...). The last good epoch is backed up in {run_dir / BACKUP_DIR}"
         )
     if best_so_far is not None and config.early_stopping_patience:
         # Early stopping only knows this session's epochs; the checkpoint holds the best of all.

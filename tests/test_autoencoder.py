@@ -276,6 +276,15 @@ def test_transfer_from_a_run_and_an_export_copies_exactly_the_intended_weights(s
         np.testing.assert_array_equal(target.numpy(), source.numpy())
 
 
+def test_a_sentiment_run_records_what_the_transfer_copied(smoke_run, tmp_path):
+    result, _, _ = smoke_run
+    run = runner.run("sentiment", "smoke", epochs=1, set_options={"init_from": str(result.run_dir)},
+                     data_dir=str(FIXTURES / "data"), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    recorded = json.loads((run.run_dir / "metrics.json").read_text())["init_from"]
+    assert recorded["source"] == str(result.run_dir / "model.keras")
+    assert recorded["coverage"] == 1.0 and recorded["encoder_weights_copied"] == 6
+
+
 def test_transfer_remaps_a_partly_shared_vocabulary(sentiment, tmp_path):
     autoencoder = tiny_model(with_markers(["", "[UNK]", "film", "zzz", "the"]), units=8, embedding_dim=8)
     autoencoder.save(tmp_path / "partial.keras")

@@ -167,8 +167,10 @@ class SentimentPipeline(Pipeline):
         if matrix is not None:
             # set_weights, not a Constant initializer: that would copy the matrix into the config.
             embedding.set_weights([matrix])
+        # What a transfer copied goes into metrics.json (evaluate), so a run records it.
+        datasets.info.pop("init_from", None)
         if config.init_from:
-            init_sentiment_from_autoencoder(model, config.init_from)
+            datasets.info["init_from"] = dataclasses.asdict(init_sentiment_from_autoencoder(model, config.init_from))
         model.compile(
             optimizer=runtime.make_optimizer(config),
             loss="binary_crossentropy",
@@ -192,6 +194,7 @@ class SentimentPipeline(Pipeline):
             "test_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
             "test_examples": int(len(labels)),
             "confusion_matrix": matrix.tolist(),
+            **({"init_from": datasets.info["init_from"]} if "init_from" in datasets.info else {}),
         }
 
     def serving(self, model, config) -> dict[str, Endpoint]:
