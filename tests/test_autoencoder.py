@@ -46,10 +46,10 @@ def tiny_model(vocabulary=None, **kwargs):
 
 # --- the model -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code_at_every_step", [False, True])
-def test_model_round_trips(tmp_path, code_at_every_step):
+@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "none"), (True, "max"), (False, "mean")])
+def test_model_round_trips(tmp_path, code_at_every_step, pooling):
     model = tiny_model(cell="gru", decoder_cell="lstm", depth=2, word_dropout=0.3, dropout=0.1,
-                       code_at_every_step=code_at_every_step)
+                       code_at_every_step=code_at_every_step, pooling=pooling)
     ids = model.token_ids(tf.constant(CORPUS[:3])).numpy()
     check_layer(model, ids, tmp_path, expected_output_shape=(3, ids.shape[1] + 1, len(model.vocabulary)))
 
@@ -68,6 +68,7 @@ def test_reconstruction_targets_add_markers_and_keep_padding():
         (dict(decoder_cell="transformer"), "decoder_cell='transformer'"),
         (dict(code_size=0), "Expected code_size >= 1. Received: code_size=0"),
         (dict(word_dropout=1.0), "Expected 0 <= word_dropout < 1. Received: word_dropout=1.0"),
+        (dict(pooling="sum"), "Expected pooling to be one of .* Received: pooling='sum'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -76,11 +77,11 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 @pytest.mark.filterwarnings("ignore:.*shuffle=True")
-@pytest.mark.parametrize("code_at_every_step", [False, True])
-def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step):
+@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "none"), (True, "max")])
+def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step, pooling):
     keras.utils.set_random_seed(0)
     model = tiny_model(cell="gru", units=32, code_size=32, decoder_units=32, embedding_dim=16,
-                       code_at_every_step=code_at_every_step)
+                       code_at_every_step=code_at_every_step, pooling=pooling)
     model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=False)
     ids = model.token_ids(tf.constant(CORPUS))
     model.fit(tf.data.Dataset.from_tensor_slices(ids).batch(8).repeat(), steps_per_epoch=200, epochs=1, verbose=0)
@@ -102,6 +103,21 @@ def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step):
     assert np.mean([a.decode() == b for a, b in zip(rolled, np.roll(CORPUS, 1), strict=True)]) >= 0.75
 
 
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_pooling_reads_only_the_real_steps(pooling):
+    model = tiny_model(pooling=pooling)
+    outputs = tf.constant(np.random.default_rng(0).normal(size=(3, 4, 2)), tf.float32)
+    mask = tf.constant([[True, True, False, False], [True, True, True, True], [False] * 4])
+    pooled = model.pool(outputs, mask).numpy()
+    reduce = np.max if pooling == "max" else np.mean
+    np.testing.assert_allclose(pooled[0], reduce(outputs.numpy()[0, :2], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(pooled[1], reduce(outputs.numpy()[1], axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(pooled[2], [0.0, 0.0])  # no real step (an empty text): zeros, not -1e4
+    # The code sees the pooled outputs: changing a middle word changes it, an empty text gets a finite one.
+    codes = model.encode_text(tf.constant(["a dog runs in the park", "a dog sits in the park", ""])).numpy()
+    assert np.isfinite(codes).all() and not np.allclose(codes[0], codes[1])
+
+
 def test_word_dropout_acts_only_in_training():
     model = tiny_model(word_dropout=0.5)
     ids = model.token_ids(tf.constant(CORPUS[:6]))
@@ -114,11 +130,11 @@ def test_word_dropout_acts_only_in_training():
                                plain.decode_teacher_forced(code, ids, training=False))
 
 
-@pytest.mark.parametrize("code_at_every_step", [False, True])
-def test_mixed_float16_keeps_logits_and_loss_float32(code_at_every_step):
+@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "max")])
+def test_mixed_float16_keeps_logits_and_loss_float32(code_at_every_step, pooling):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = tiny_model(code_at_every_step=code_at_every_step)
+        model = tiny_model(code_at_every_step=code_at_every_step, pooling=pooling)
         ids = model.token_ids(tf.constant(CORPUS[:4]))
         logits = model(ids)
         assert logits.dtype == "float32" and model.embedding.embeddings.dtype == "float32"
@@ -221,6 +237,8 @@ def test_multi30k_and_corpus_sources(tmp_path):
         PIPELINE.load_data(resolve_config(AutoencoderConfig, "smoke", set_options={"corpus": str(tmp_path / "short.txt")}), None)
     with pytest.raises(ConfigError, match="dataset='wiki'"):
         resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "wiki"}).validate()
+    with pytest.raises(ConfigError, match="pooling='last' is not one of none, max, mean"):
+        resolve_config(AutoencoderConfig, "smoke", set_options={"pooling": "last"}).validate()
 
 
 # --- transfer into sentiment -----------------------------------------------------------------

@@ -23,6 +23,10 @@ START_TOKEN, END_TOKEN = "<s>", "</s>"
 PAD_ID, UNKNOWN_ID, START_ID, END_ID = 0, 1, 2, 3
 
 
+# How the code reads the encoder: its final states only, or those and its pooled outputs.
+POOLING_TYPES = ("none", "max", "mean")
+
+
 def with_markers(vocabulary: Sequence[str]) -> list[str]:
     """``vocabulary`` (padding and ``[UNK]`` first, as ``build_vocabulary`` returns it) with ``<s>``, ``</s>`` inserted at 2, 3.
 
@@ -71,7 +75,10 @@ class Seq2SeqAutoencoder(keras.Model):
     ``"encoder"``, like the sentiment model's, so its weights transfer); its
     final states (forward and backward, ``h`` and ``c`` for an LSTM) go through
     a tanh ``Dense`` bottleneck to the code of ``code_size`` numbers, the only
-    thing the decoder learns about the input. One tanh bridge per decoder state
+    thing the decoder learns about the input. With ``pooling="max"`` (or
+    ``"mean"``) the bottleneck also reads the encoder's outputs pooled over the
+    text's steps: every word then reaches the code along as short a path as the
+    first and last ones do, not only through the final states. One tanh bridge per decoder state
     maps the code to the decoder's initial state; the decoder (GRU/LSTM) then
     predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing). With
     ``code_at_every_step`` the code is also concatenated to the decoder's input
@@ -104,6 +111,9 @@ class Seq2SeqAutoencoder(keras.Model):
         decoder_units: decoder units.
         code_at_every_step: also feed the code to the decoder at every step,
             concatenated to the input word's embedding.
+        pooling: ``"none"`` (the code reads the final states only), ``"max"`` or
+            ``"mean"`` (it also reads the encoder's outputs pooled over the
+            real steps).
         embedding_dropout: dropout on the embedded tokens (encoder and decoder).
         dropout: dropout between encoder layers and before the output projection.
         word_dropout: probability of replacing a decoder input token by
@@ -141,6 +151,7 @@ class Seq2SeqAutoencoder(keras.Model):
         decoder_cell: str | None = None,
         decoder_units: int = 256,
         code_at_every_step: bool = False,
+        pooling: str = "none",
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
         word_dropout: float = 0.0,
@@ -168,6 +179,9 @@ class Seq2SeqAutoencoder(keras.Model):
         self.code_size = _check_positive("code_size", code_size)
         self.decoder_units = _check_positive("decoder_units", decoder_units)
         self.code_at_every_step = bool(code_at_every_step)
+        if pooling not in POOLING_TYPES:
+            raise ValueError(f"Expected pooling to be one of {POOLING_TYPES}. Received: pooling={pooling!r}")
+        self.pooling = pooling
         self.embedding_dropout_rate = _check_rate("embedding_dropout", embedding_dropout)
         self.dropout = _check_rate("dropout", dropout)
         self.word_dropout = _check_rate("word_dropout", word_dropout)
@@ -181,7 +195,7 @@ class Seq2SeqAutoencoder(keras.Model):
         self.embedding_dropout = keras.layers.Dropout(self.embedding_dropout_rate, seed=seed, name="embedding_dropout")
         self.encoder = RecurrentStack(
             self.units, cell=cell, depth=self.depth, bidirectional=self.bidirectional, dropout=self.dropout,
-            return_sequences=False, return_state=True, seed=seed, name="encoder",
+            return_sequences=pooling != "none", return_state=True, seed=seed, name="encoder",
         )
         self.bottleneck = keras.layers.Dense(self.code_size, activation="tanh", name="bottleneck")
         self.bridges = [
@@ -201,7 +215,8 @@ class Seq2SeqAutoencoder(keras.Model):
         self.encoder.build((None, None, self.embedding_dim))
         # Final states: h (and c for an LSTM) per direction.
         states = (2 if cell == "lstm" else 1) * (2 if self.bidirectional else 1)
-        self.bottleneck.build((None, states * self.units))
+        pooled = 0 if pooling == "none" else self.encoder.output_width
+        self.bottleneck.build((None, states * self.units + pooled))
         for bridge in self.bridges:
             bridge.build((None, self.code_size))
         self.decoder.build((None, None, self.decoder_input_dim))
@@ -234,8 +249,20 @@ class Seq2SeqAutoencoder(keras.Model):
         token_ids = ops.cast(token_ids, "int32")
         mask = ops.not_equal(token_ids, PAD_ID)
         embedded = self.embedding_dropout(self.embedding(token_ids), training=training)
-        _, *states = self.encoder(embedded, mask=mask, training=training)
+        outputs, *states = self.encoder(embedded, mask=mask, training=training)
+        if self.pooling != "none":
+            states.append(self.pool(outputs, mask))
         return self.bottleneck(ops.concatenate(states, axis=-1))
+
+    def pool(self, outputs, mask):
+        """Max or mean of ``outputs`` ``(batch, time, width)`` over the steps where ``mask`` is true; 0 for none."""
+        real = ops.expand_dims(ops.cast(mask, outputs.dtype), -1)
+        count = ops.sum(real, axis=1)
+        if self.pooling == "mean":
+            return ops.sum(outputs * real, axis=1) / ops.maximum(count, 1)
+        # -1e4 rather than -inf: float16-safe, and far below any recurrent output.
+        pooled = ops.max(ops.where(real > 0, outputs, ops.cast(-1e4, outputs.dtype)), axis=1)
+        return ops.where(count > 0, pooled, ops.zeros_like(pooled))
 
     def initial_decoder_states(self, code):
         """The decoder's initial state list from codes ``(batch, code_size)``."""
@@ -336,6 +363,7 @@ class Seq2SeqAutoencoder(keras.Model):
             decoder_cell=self.decoder_cell,
             decoder_units=self.decoder_units,
             code_at_every_step=self.code_at_every_step,
+            pooling=self.pooling,
             embedding_dropout=self.embedding_dropout_rate,
             dropout=self.dropout,
             word_dropout=self.word_dropout,

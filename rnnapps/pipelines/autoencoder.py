@@ -49,6 +49,7 @@ from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
 from rnnapps.models.autoencoder import (
     PAD_ID,
+    POOLING_TYPES,
     UNKNOWN_ID,
     Seq2SeqAutoencoder,
     reconstruction_targets,
@@ -89,6 +90,8 @@ class AutoencoderConfig(TrainingConfig):
     decoder_units: int = 256
     # Concatenate the code to the decoder's input at every step, not only its initial state.
     code_at_every_step: bool = False
+    # The code also reads the encoder's outputs pooled over the text: "none", "max" or "mean".
+    pooling: str = "none"
     embedding_dropout: float = 0.1
     dropout: float = 0.2
     # Probability of replacing a decoder input token by [UNK] while training.
@@ -121,6 +124,8 @@ class AutoencoderConfig(TrainingConfig):
         for name, value in (("cell", self.cell), ("decoder_cell", self.decoder_cell or self.cell)):
             if value not in CELL_TYPES:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(CELL_TYPES)}")
+        if self.pooling not in POOLING_TYPES:
+            raise ConfigError(f"pooling={self.pooling!r} is not one of {', '.join(POOLING_TYPES)}")
         for name in ("vocab_size", "max_length", "embedding_dim", "units", "depth", "code_size", "decoder_units",
                      "bucket_width", "plot_examples"):
             if getattr(self, name) < 1:
@@ -303,6 +308,7 @@ class AutoencoderPipeline(Pipeline):
             decoder_cell=config.decoder_cell,
             decoder_units=config.decoder_units,
             code_at_every_step=config.code_at_every_step,
+            pooling=config.pooling,
             embedding_dropout=config.embedding_dropout,
             dropout=config.dropout,
             word_dropout=config.word_dropout,
