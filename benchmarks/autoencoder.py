@@ -57,8 +57,9 @@ def _history_epochs(run_dir: Path) -> int:
 def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> dict:
     """Train (or, with ``--resume-multi30k``, continue) the Multi30k autoencoder and score val.
 
-    A resumed run trains for another ``time_budget_minutes`` from its last completed epoch;
-    ``sessions`` lists the wall time of each part and ``wall_seconds`` is their sum.
+    A resumed run trains for another ``time_budget_minutes`` (``--set-multi30k`` may change
+    that, the epochs and the patience) from its last completed epoch; ``sessions`` lists the
+    wall time of each part (None: not on record) and ``wall_seconds`` is their sum.
     """
     import keras
 
@@ -70,10 +71,14 @@ def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> 
     if arguments.resume_multi30k:
         resumed = Path(arguments.resume_multi30k).resolve()
         config = load_config(AutoencoderConfig, resumed / "config.json")
-        options = (previous or {}).get("set_options", {})
         if previous and Path(previous.get("run_dir", "")).resolve() == resumed:
+            options = {**previous.get("set_options", {}), **set_options}
             earlier_sessions = previous.get("sessions", [previous["wall_seconds"]])
-        run = timed_run("autoencoder", arguments.preset, {}, arguments.multi30k_data_dir,
+        else:
+            # A run stopped before it wrote results: its options and earlier wall time are not on
+            # record here (its config.json has the settings).
+            options, earlier_sessions = dict(set_options), [None]
+        run = timed_run("autoencoder", arguments.preset, set_options, arguments.multi30k_data_dir,
                         Path(arguments.work_dir) / "multi30k", resume=str(resumed))
     else:
         options = {**MULTI30K_SETTINGS, **set_options}
@@ -99,7 +104,7 @@ def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> 
         "target_val_token_accuracy": TARGET_VAL_TOKEN_ACCURACY,
         "target_met": bool(scores["token_accuracy"] >= TARGET_VAL_TOKEN_ACCURACY),
         "epochs_run": _history_epochs(run.result.run_dir),
-        "wall_seconds": round(sum(sessions), 1),
+        "wall_seconds": None if None in sessions else round(sum(sessions), 1),
         "sessions": sessions,
         "train_seconds": metrics["train_seconds_this_session"],
         "machine": machine_under_load(run.load_average_at_start),

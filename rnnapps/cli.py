@@ -103,7 +103,9 @@ def list_command():
               help="Export root: the SavedModel goes to EXPORT_DIR/NAME/VERSION/.")
 @click.option("--no-export", is_flag=True, help="Train and evaluate but do not export.")
 @click.option("--resume", is_flag=True,
-              help="Continue the latest run of NAME under --output-dir from its last completed epoch.")
+              help="Continue the latest run of NAME under --output-dir from its last completed epoch, with its "
+                   "saved config; --epochs and --set epochs/time_budget_minutes/early_stopping_patience may "
+                   "extend it.")
 def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_file, seed, precision, strategy,
                 output_dir, export_dir, no_export, resume):
     """Train, evaluate and export pipeline NAME.
@@ -115,6 +117,7 @@ def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_
       rnnapps run sentiment --set cell=gru --set units=128 --epochs 5
       rnnapps run sentiment --config my.toml --seed 7
       rnnapps run sentiment --resume          # after Ctrl-C or a crash
+      rnnapps run sentiment --resume --set time_budget_minutes=30   # 30 more minutes
 
     Config precedence: preset < --config < --set < --epochs/--batch-size/--seed.
     """

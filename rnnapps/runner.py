@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from rnnapps import runtime
-from rnnapps.config import config_to_dict, load_config, resolve_config, save_config
+from rnnapps.config import apply_overrides, config_to_dict, load_config, resolve_config, save_config
 from rnnapps.data.sources import resolve_data_dir
 from rnnapps.errors import ConfigError
 from rnnapps.pipelines import get_pipeline
 
 MODEL_FILE = "model.keras"
+# What `--resume` may change: how much longer training goes on, never the model, data or optimiser.
+RESUMABLE_FIELDS = frozenset({"epochs", "time_budget_minutes", "early_stopping_patience"})
 
 
 @dataclasses.dataclass
@@ -60,6 +62,7 @@ def run(
     (``resume`` may also be a run directory) with its saved config; training
     restarts from the last completed epoch. That extends a finished run too:
     pass a larger ``epochs``, or let it use another ``time_budget_minutes``.
+    On resume ``set_options`` may change only :data:`RESUMABLE_FIELDS`.
     """
     pipeline = get_pipeline(name)
     if resume:
@@ -70,6 +73,14 @@ def run(
                 f"so it cannot be continued; start a new run"
             )
         config = load_config(pipeline.config_class, run_dir / "config.json")
+        changed = sorted(set(set_options or {}) - RESUMABLE_FIELDS)
+        if changed or config_file or batch_size is not None or seed is not None:
+            raise ConfigError(
+                f"a resumed run keeps its saved config; only {', '.join(sorted(RESUMABLE_FIELDS))} (and --epochs) "
+                f"may change, not {', '.join(changed) or '--config/--batch-size/--seed'}: start a new run instead"
+            )
+        if set_options:
+            config = apply_overrides(config, set_options, "--set")
         if epochs is not None:
             config = dataclasses.replace(config, epochs=epochs)
     else:

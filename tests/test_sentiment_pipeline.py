@@ -122,7 +122,9 @@ def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path)
     history = runtime.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0] and (first.run_dir / "backup").exists()
     best_before = max(history["val_accuracy"])
-    extended = runner.run("sentiment", resume=first.run_dir, epochs=4, **common)
+    extended = runner.run("sentiment", resume=first.run_dir, epochs=4, set_options={"early_stopping_patience": "7"},
+                          **common)
+    assert json.loads((first.run_dir / "config.json").read_text())["early_stopping_patience"] == 7
     history = runtime.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0, 2.0, 3.0]  # continued after epoch 1, not from scratch
     # The saved model is the best epoch of both sessions: its validation accuracy is the logged best.
@@ -138,6 +140,13 @@ def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
 
     common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
     first = runner.run("sentiment", "smoke", epochs=1, **common)
+    saved_config = (first.run_dir / "config.json").read_text()
+    # A resumed run keeps its model, data and optimiser: only how long it trains may change.
+    with pytest.raises(ConfigError, match="only early_stopping_patience, epochs, time_budget_minutes .* not units"):
+        runner.run("sentiment", resume=True, set_options={"units": "16", "epochs": "3"}, **common)
+    with pytest.raises(ConfigError, match="not --config/--batch-size/--seed"):
+        runner.run("sentiment", resume=True, seed=3, **common)
+    assert (first.run_dir / "config.json").read_text() == saved_config
     shutil.rmtree(first.run_dir / "backup")
     with pytest.raises(ConfigError, match="cannot be continued"):
         runner.run("sentiment", resume=True, **common)
