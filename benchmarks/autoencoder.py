@@ -184,6 +184,12 @@ def repeat_dai_le(arguments, previous: dict, sentiment_options: dict) -> dict:
     return {**previous, "repeats": [*previous.get("repeats", []), arms]}
 
 
+def _sessions_text(section: dict) -> str:
+    """``"35.2 min"``, or each session's minutes for a resumed run (``?``: not on record)."""
+    sessions = section.get("sessions", [section["wall_seconds"]])
+    return " + ".join("?" if seconds is None else f"{seconds / 60:.1f}" for seconds in sessions) + " min"
+
+
 def table(results: dict) -> str:
     """The markdown table of docs/autoencoder.md."""
     rows = ["| measurement | result | wall time |", "|---|---|---|"]
@@ -191,7 +197,7 @@ def table(results: dict) -> str:
     if multi30k:
         rows.append(
             f"| Multi30k en val, greedy token accuracy (target ≥ 90%) | {multi30k['val_token_accuracy']:.1%} "
-            f"(exact match {multi30k['val_exact_match']:.1%}) | {multi30k['wall_seconds'] / 60:.1f} min |"
+            f"(exact match {multi30k['val_exact_match']:.1%}, {multi30k['epochs_run']} epochs) | {_sessions_text(multi30k)} |"
         )
     dai_le = results.get("dai_le")
     if dai_le:
