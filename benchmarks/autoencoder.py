@@ -41,8 +41,9 @@ TARGET_VAL_TOKEN_ACCURACY = 0.90
 MULTI30K_SETTINGS = {
     "dataset": "multi30k", "vocab_size": "6000", "max_length": "40", "embedding_dim": "256", "cell": "gru",
     "units": "256", "code_size": "512", "decoder_units": "512", "code_at_every_step": "true",
-    "embedding_dropout": "0.1", "dropout": "0.1", "word_dropout": "0.1", "epochs": "30", "learning_rate": "2e-3",
-    "early_stopping_patience": "4", "time_budget_minutes": "35",
+    "embedding_dropout": "0.1", "dropout": "0.1", "word_dropout": "0.1", "epochs": "80", "learning_rate": "2e-3",
+    "learning_rate_hold_epochs": "18", "learning_rate_decay": "0.92", "early_stopping_patience": "4",
+    "time_budget_minutes": "120",
 }
 # Both sentiment arms: random init means no GloVe either.
 SENTIMENT_SETTINGS = {"embeddings": "none"}
