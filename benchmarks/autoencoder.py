@@ -36,8 +36,8 @@ TARGET_VAL_TOKEN_ACCURACY = 0.90
 # Multi30k captions are short (about 13 tokens): a wider GRU and code than the IMDB-shaped
 # defaults, light word dropout, and the code fed to the decoder at every step (a short path
 # from each target word back to the code). 6,000 words: a smaller softmax than 10k (a one-off
-# step timing, not a committed benchmark, put it at 608 vs 1,024 ms per batch of 128) and 2.0% of
-# val tokens [UNK] (10k: 1.2%), reported in the results as val_unknown_share.
+# step timing, not a committed benchmark, put it at 608 vs 1,024 ms per batch of 128) and 1.8% of
+# val tokens [UNK] (10k: 1.2% by a one-off count), reported in the results as val_unknown_share.
 MULTI30K_SETTINGS = {
     "dataset": "multi30k", "vocab_size": "6000", "max_length": "40", "embedding_dim": "256", "cell": "gru",
     "units": "256", "code_size": "512", "decoder_units": "512", "code_at_every_step": "true",

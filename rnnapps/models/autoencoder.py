@@ -78,9 +78,10 @@ class Seq2SeqAutoencoder(keras.Model):
     thing the decoder learns about the input. With ``pooling="max"`` (or
     ``"mean"``) the bottleneck also reads the encoder's outputs pooled over the
     text's steps: every word then reaches the code along as short a path as the
-    first and last ones do, not only through the final states. One tanh bridge per decoder state
-    maps the code to the decoder's initial state; the decoder (GRU/LSTM) then
-    predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing). With
+    first and last ones do, not only through the final states. One tanh bridge
+    per decoder state maps the code to the decoder's initial state; the decoder
+    (GRU/LSTM) then predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher
+    forcing). With
     ``code_at_every_step`` the code is also concatenated to the decoder's input
     at every step (Cho et al. 2014's decoder), a short path from every target
     token back to the code instead of one through the whole recurrence. With
