@@ -46,10 +46,14 @@ def tiny_model(vocabulary=None, **kwargs):
 
 # --- the model -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "none"), (True, "max"), (False, "mean")])
-def test_model_round_trips(tmp_path, code_at_every_step, pooling):
+@pytest.mark.parametrize(
+    "code_at_every_step, pooling, tie_embeddings",
+    [(False, "none", False), (True, "none", False), (True, "max", False), (False, "mean", False),
+     (True, "none", True)],
+)
+def test_model_round_trips(tmp_path, code_at_every_step, pooling, tie_embeddings):
     model = tiny_model(cell="gru", decoder_cell="lstm", depth=2, word_dropout=0.3, dropout=0.1,
-                       code_at_every_step=code_at_every_step, pooling=pooling)
+                       code_at_every_step=code_at_every_step, pooling=pooling, tie_embeddings=tie_embeddings)
     ids = model.token_ids(tf.constant(CORPUS[:3])).numpy()
     check_layer(model, ids, tmp_path, expected_output_shape=(3, ids.shape[1] + 1, len(model.vocabulary)))
 
@@ -77,14 +81,18 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 @pytest.mark.filterwarnings("ignore:.*shuffle=True")
-@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "none"), (True, "max")])
-def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step, pooling):
+@pytest.mark.parametrize("code_at_every_step, pooling, tie_embeddings",
+                         [(False, "none", False), (True, "none", False), (True, "max", False), (True, "none", True)])
+def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step, pooling, tie_embeddings):
     keras.utils.set_random_seed(0)
     model = tiny_model(cell="gru", units=32, code_size=32, decoder_units=32, embedding_dim=16,
-                       code_at_every_step=code_at_every_step, pooling=pooling)
+                       code_at_every_step=code_at_every_step, pooling=pooling, tie_embeddings=tie_embeddings)
     model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=False)
     ids = model.token_ids(tf.constant(CORPUS))
-    model.fit(tf.data.Dataset.from_tensor_slices(ids).batch(8).repeat(), steps_per_epoch=200, epochs=1, verbose=0)
+    # Tied logits are dot products with 16-number embeddings that start random: at this toy size they
+    # need more steps (200 reached 83%); at Multi30k's they learn far faster (docs/autoencoder.md).
+    steps = 400 if tie_embeddings else 200
+    model.fit(tf.data.Dataset.from_tensor_slices(ids).batch(8).repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
     scores = reconstruction_metrics(model, CORPUS)
     assert scores["token_accuracy"] >= 0.9 and scores["exact_match"] >= 0.75, scores
     codes = model.encode(ids)
@@ -118,6 +126,24 @@ def test_pooling_reads_only_the_real_steps(pooling):
     assert np.isfinite(codes).all() and not np.allclose(codes[0], codes[1])
 
 
+def test_tied_embeddings_score_words_with_their_own_embedding():
+    model = tiny_model(tie_embeddings=True, code_at_every_step=True)
+    assert not hasattr(model, "projection")
+    model.output_bias.assign(np.linspace(-1, 1, len(model.vocabulary)).astype("float32"))
+    outputs = tf.constant(np.random.default_rng(0).normal(size=(2, 3, model.decoder_units)), tf.float32)
+    expected = (model.output_to_embedding(outputs).numpy() @ model.embedding.embeddings.numpy().T
+                + model.output_bias.numpy())
+    np.testing.assert_allclose(model.logits(outputs).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The output side trains the embedding the encoder reads: one matrix, two uses.
+    with tf.GradientTape() as tape:
+        score = tf.reduce_sum(model.logits(outputs)[..., 5])
+    gradient = tf.convert_to_tensor(tape.gradient(score, model.embedding.embeddings)).numpy()
+    assert np.abs(gradient[5]).sum() > 0 and np.abs(np.delete(gradient, 5, axis=0)).sum() == 0
+    untied = tiny_model(code_at_every_step=True)
+    assert model.count_params() == untied.count_params() - untied.projection.count_params() + (
+        model.output_to_embedding.count_params() + len(model.vocabulary))
+
+
 def test_word_dropout_acts_only_in_training():
     model = tiny_model(word_dropout=0.5)
     ids = model.token_ids(tf.constant(CORPUS[:6]))
@@ -130,11 +156,12 @@ def test_word_dropout_acts_only_in_training():
                                plain.decode_teacher_forced(code, ids, training=False))
 
 
-@pytest.mark.parametrize("code_at_every_step, pooling", [(False, "none"), (True, "max")])
-def test_mixed_float16_keeps_logits_and_loss_float32(code_at_every_step, pooling):
+@pytest.mark.parametrize("code_at_every_step, pooling, tie_embeddings",
+                         [(False, "none", False), (True, "max", False), (True, "none", True)])
+def test_mixed_float16_keeps_logits_and_loss_float32(code_at_every_step, pooling, tie_embeddings):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = tiny_model(code_at_every_step=code_at_every_step, pooling=pooling)
+        model = tiny_model(code_at_every_step=code_at_every_step, pooling=pooling, tie_embeddings=tie_embeddings)
         ids = model.token_ids(tf.constant(CORPUS[:4]))
         logits = model(ids)
         assert logits.dtype == "float32" and model.embedding.embeddings.dtype == "float32"
@@ -239,6 +266,9 @@ def test_multi30k_and_corpus_sources(tmp_path):
         resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "wiki"}).validate()
     with pytest.raises(ConfigError, match="pooling='last' is not one of none, max, mean"):
         resolve_config(AutoencoderConfig, "smoke", set_options={"pooling": "last"}).validate()
+    tied = resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "multi30k", "tie_embeddings": "true"})
+    model = PIPELINE.build_model(tied, multi30k)
+    assert model.tie_embeddings and model.get_config()["tie_embeddings"] is True
 
 
 # --- transfer into sentiment -----------------------------------------------------------------

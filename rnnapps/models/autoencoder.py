@@ -87,8 +87,14 @@ class Seq2SeqAutoencoder(keras.Model):
     token back to the code instead of one through the whole recurrence. With
     ``word_dropout`` some decoder inputs become ``[UNK]`` during training, so
     the decoder cannot lean on the previous word and the code has to carry the
-    content (Bowman et al. 2016). Inference decodes greedily from the code, in
-    the graph. The embedding is shared by encoder and decoder. The vocabulary
+    content (Bowman et al. 2016). With ``tie_embeddings`` the output layer
+    reuses the embedding: a linear map takes the decoder's output to the
+    embedding's width and the logits are its dot products with every word's
+    embedding (Press & Wolf 2017; Inan et al. 2017). Reading a word and writing
+    it then use the same vector, a bias towards copying that helps the rare
+    words most, and the output layer shrinks from ``decoder_units`` to
+    ``embedding_dim`` numbers per word. Inference decodes greedily from the
+    code, in the graph. The embedding is shared by encoder and decoder. The vocabulary
     travels in the config, so the model reads raw strings after a reload.
 
     ``fit(token_ids)`` trains it (the input is its own target): the loss is the
@@ -97,7 +103,9 @@ class Seq2SeqAutoencoder(keras.Model):
 
     References: Dai & Le 2015, "Semi-supervised Sequence Learning" (sequence
     autoencoder pretraining); Sutskever et al. 2014 (encoder–decoder); Bowman
-    et al. 2016, "Generating Sentences from a Continuous Space" (word dropout).
+    et al. 2016, "Generating Sentences from a Continuous Space" (word dropout);
+    Press & Wolf 2017, "Using the Output Embedding to Improve Language Models"
+    (tied embeddings).
 
     Args:
         vocabulary: tokens, ``""``, ``[UNK]``, ``<s>``, ``</s>`` first (see
@@ -115,6 +123,8 @@ class Seq2SeqAutoencoder(keras.Model):
         pooling: ``"none"`` (the code reads the final states only), ``"max"`` or
             ``"mean"`` (it also reads the encoder's outputs pooled over the
             real steps).
+        tie_embeddings: compute the logits with the (shared) embedding matrix
+            instead of a separate ``decoder_units x vocabulary`` projection.
         embedding_dropout: dropout on the embedded tokens (encoder and decoder).
         dropout: dropout between encoder layers and before the output projection.
         word_dropout: probability of replacing a decoder input token by
@@ -153,6 +163,7 @@ class Seq2SeqAutoencoder(keras.Model):
         decoder_units: int = 256,
         code_at_every_step: bool = False,
         pooling: str = "none",
+        tie_embeddings: bool = False,
         embedding_dropout: float = 0.0,
         dropout: float = 0.0,
         word_dropout: float = 0.0,
@@ -183,6 +194,7 @@ class Seq2SeqAutoencoder(keras.Model):
         if pooling not in POOLING_TYPES:
             raise ValueError(f"Expected pooling to be one of {POOLING_TYPES}. Received: pooling={pooling!r}")
         self.pooling = pooling
+        self.tie_embeddings = bool(tie_embeddings)
         self.embedding_dropout_rate = _check_rate("embedding_dropout", embedding_dropout)
         self.dropout = _check_rate("dropout", dropout)
         self.word_dropout = _check_rate("word_dropout", word_dropout)
@@ -208,7 +220,13 @@ class Seq2SeqAutoencoder(keras.Model):
             self.dropout, seed=None if seed is None else seed + 1, name="output_dropout"
         )
         # float32 logits keep the softmax and the loss numerically safe under mixed precision.
-        self.projection = keras.layers.Dense(vocabulary_size, dtype="float32", name="projection")
+        if self.tie_embeddings:
+            self.output_to_embedding = keras.layers.Dense(self.embedding_dim, name="output_to_embedding")
+            self.output_bias = self.add_weight(
+                shape=(vocabulary_size,), initializer="zeros", dtype="float32", autocast=False, name="output_bias"
+            )
+        else:
+            self.projection = keras.layers.Dense(vocabulary_size, dtype="float32", name="projection")
         self.word_dropout_seed = keras.random.SeedGenerator(None if seed is None else seed + 2)
         self.token_accuracy_tracker = keras.metrics.Mean(name="token_accuracy")
 
@@ -221,7 +239,10 @@ class Seq2SeqAutoencoder(keras.Model):
         for bridge in self.bridges:
             bridge.build((None, self.code_size))
         self.decoder.build((None, None, self.decoder_input_dim))
-        self.projection.build((None, self.decoder_units))
+        if self.tie_embeddings:
+            self.output_to_embedding.build((None, self.decoder_units))
+        else:
+            self.projection.build((None, self.decoder_units))
         # Every weight exists now: a reloaded model restores them without a forward pass.
         self.built = True
 
@@ -265,6 +286,15 @@ class Seq2SeqAutoencoder(keras.Model):
         pooled = ops.max(ops.where(real > 0, outputs, ops.cast(-1e4, outputs.dtype)), axis=1)
         return ops.where(count > 0, pooled, ops.zeros_like(pooled))
 
+    def logits(self, outputs):
+        """float32 logits ``(..., vocabulary)`` of decoder outputs ``(..., decoder_units)``."""
+        if not self.tie_embeddings:
+            return self.projection(outputs)
+        projected = ops.cast(self.output_to_embedding(outputs), "float32")
+        return ops.matmul(projected, ops.transpose(ops.cast(self.embedding.embeddings, "float32"))) + ops.cast(
+            self.output_bias, "float32"
+        )
+
     def initial_decoder_states(self, code):
         """The decoder's initial state list from codes ``(batch, code_size)``."""
         return [bridge(code) for bridge in self.bridges]
@@ -285,7 +315,7 @@ class Seq2SeqAutoencoder(keras.Model):
             mask=ops.not_equal(decoder_inputs, PAD_ID),
             training=training,
         )
-        return self.projection(self.output_dropout(outputs, training=training))
+        return self.logits(self.output_dropout(outputs, training=training))
 
     def call(self, token_ids, training=False):
         return self.decode_teacher_forced(self.encode(token_ids, training=training), token_ids, training=training)
@@ -323,7 +353,7 @@ class Seq2SeqAutoencoder(keras.Model):
         def step_fn(tokens, states):
             outputs, new_states = cell(self.decoder_inputs(self.embedding(tokens), code), states, training=False)
             new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-            logits = tf.where(banned, -1e9, tf.cast(self.projection(outputs), tf.float32))
+            logits = tf.where(banned, -1e9, tf.cast(self.logits(outputs), tf.float32))
             return tf.nn.log_softmax(logits), new_states, None
 
         return greedy_decode(
@@ -365,6 +395,7 @@ class Seq2SeqAutoencoder(keras.Model):
             decoder_units=self.decoder_units,
             code_at_every_step=self.code_at_every_step,
             pooling=self.pooling,
+            tie_embeddings=self.tie_embeddings,
             embedding_dropout=self.embedding_dropout_rate,
             dropout=self.dropout,
             word_dropout=self.word_dropout,

@@ -92,6 +92,8 @@ class AutoencoderConfig(TrainingConfig):
     code_at_every_step: bool = False
     # The code also reads the encoder's outputs pooled over the text: "none", "max" or "mean".
     pooling: str = "none"
+    # Logits from the embedding matrix itself (read and write a word with one vector), not a projection.
+    tie_embeddings: bool = False
     embedding_dropout: float = 0.1
     dropout: float = 0.2
     # Probability of replacing a decoder input token by [UNK] while training.
@@ -309,6 +311,7 @@ class AutoencoderPipeline(Pipeline):
             decoder_units=config.decoder_units,
             code_at_every_step=config.code_at_every_step,
             pooling=config.pooling,
+            tie_embeddings=config.tie_embeddings,
             embedding_dropout=config.embedding_dropout,
             dropout=config.dropout,
             word_dropout=config.word_dropout,
