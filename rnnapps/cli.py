@@ -105,7 +105,8 @@ def list_command():
 @click.option("--resume", is_flag=True,
               help="Continue the latest run of NAME under --output-dir from its last completed epoch, with its "
                    "saved config; --epochs and --set epochs/time_budget_minutes/early_stopping_patience may "
-                   "extend it.")
+                   "extend it, and --set learning_rate_decay/learning_rate_hold_epochs may change the schedule of "
+                   "the epochs to come.")
 def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_file, seed, precision, strategy,
                 output_dir, export_dir, no_export, resume):
     """Train, evaluate and export pipeline NAME.

@@ -19,8 +19,11 @@ from rnnapps.errors import ConfigError
 from rnnapps.pipelines import get_pipeline
 
 MODEL_FILE = "model.keras"
-# What `--resume` may change: how much longer training goes on, never the model, data or optimiser.
-RESUMABLE_FIELDS = frozenset({"epochs", "time_budget_minutes", "early_stopping_patience"})
+# What `--resume` may change: how much longer training goes on and the learning-rate schedule of the
+# epochs to come (e.g. decay a run that has levelled off), never the model, data or optimiser.
+RESUMABLE_FIELDS = frozenset({
+    "epochs", "time_budget_minutes", "early_stopping_patience", "learning_rate_decay", "learning_rate_hold_epochs",
+})
 
 
 @dataclasses.dataclass
@@ -80,7 +83,15 @@ def run(
                 f"may change, not {', '.join(changed) or '--config/--batch-size/--seed'}: start a new run instead"
             )
         if set_options:
+            saved_decay = config.learning_rate_decay
             config = apply_overrides(config, set_options, "--set")
+            if saved_decay == 1.0 and config.learning_rate_decay != 1.0:
+                # Its history.csv has no learning_rate column to append to, and a pipeline's own rate
+                # callback (translate's ReduceLROnPlateau) would fight a schedule added now.
+                raise ConfigError(
+                    f"{str(run_dir)!r} was trained without a learning-rate schedule (learning_rate_decay=1), so "
+                    f"--resume cannot add one; start a new run with --set learning_rate_decay=..."
+                )
         if epochs is not None:
             config = dataclasses.replace(config, epochs=epochs)
     else:

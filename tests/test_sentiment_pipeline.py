@@ -118,15 +118,22 @@ def test_interrupted_run_resumes_and_completes(tmp_path):
 
 def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path):
     common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
-    first = runner.run("sentiment", "smoke", epochs=2, set_options={"early_stopping_patience": "5"}, **common)
+    first = runner.run("sentiment", "smoke", epochs=2, set_options={
+        "early_stopping_patience": "5", "learning_rate_decay": "0.9", "learning_rate_hold_epochs": "5"}, **common)
     history = runtime.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0] and (first.run_dir / "backup").exists()
     best_before = max(history["val_accuracy"])
-    extended = runner.run("sentiment", resume=first.run_dir, epochs=4, set_options={"early_stopping_patience": "7"},
-                          **common)
-    assert json.loads((first.run_dir / "config.json").read_text())["early_stopping_patience"] == 7
+    # The resumed epochs also follow a new learning-rate schedule: held to epoch 2, then halved an epoch.
+    schedule = {"learning_rate_hold_epochs": "2", "learning_rate_decay": "0.5"}
+    extended = runner.run("sentiment", resume=first.run_dir, epochs=4,
+                          set_options={"early_stopping_patience": "7", **schedule}, **common)
+    saved = json.loads((first.run_dir / "config.json").read_text())
+    assert (saved["early_stopping_patience"], saved["learning_rate_hold_epochs"], saved["learning_rate_decay"]) == (
+        7, 2, 0.5)
     history = runtime.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0, 2.0, 3.0]  # continued after epoch 1, not from scratch
+    rate = extended.config.learning_rate
+    assert history["learning_rate"][-2:] == pytest.approx([rate, rate * 0.5], rel=1e-5)
     # The saved model is the best epoch of both sessions: its validation accuracy is the logged best.
     model = keras.saving.load_model(first.run_dir / "model.keras")
     assert max(history["val_accuracy"]) >= best_before
@@ -142,10 +149,12 @@ def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
     first = runner.run("sentiment", "smoke", epochs=1, **common)
     saved_config = (first.run_dir / "config.json").read_text()
     # A resumed run keeps its model, data and optimiser: only how long it trains may change.
-    with pytest.raises(ConfigError, match="only early_stopping_patience, epochs, time_budget_minutes .* not units"):
+    with pytest.raises(ConfigError, match="only early_stopping_patience, epochs, learning_rate_decay, .* not units"):
         runner.run("sentiment", resume=True, set_options={"units": "16", "epochs": "3"}, **common)
     with pytest.raises(ConfigError, match="not --config/--batch-size/--seed"):
         runner.run("sentiment", resume=True, seed=3, **common)
+    with pytest.raises(ConfigError, match="trained without a learning-rate schedule .* cannot add one"):
+        runner.run("sentiment", resume=True, set_options={"learning_rate_decay": "0.5"}, **common)
     assert (first.run_dir / "config.json").read_text() == saved_config
     shutil.rmtree(first.run_dir / "backup")
     with pytest.raises(ConfigError, match="cannot be continued"):
