@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
-from rnnapps.data.text import build_vocabulary
+from rnnapps.data.text import build_vocabulary, detokenize
 from rnnapps.errors import ConfigError
 from rnnapps.models.autoencoder import (
     END_ID,
@@ -109,6 +109,11 @@ def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step, 
     # Another sentence's code gives that other sentence back.
     rolled = model.ids_to_text(model.greedy_reconstruct(tf.roll(codes, 1, axis=0)).ids).numpy()
     assert np.mean([a.decode() == b for a, b in zip(rolled, np.roll(CORPUS, 1), strict=True)]) >= 0.75
+    # A beam search reorders the code with its hypotheses: it reconstructs as well as greedy decoding does.
+    beam = reconstruction_metrics(model, CORPUS, beam_width=3)
+    assert beam["token_accuracy"] >= 0.9 and beam["exact_match"] >= 0.75, beam
+    rolled = model.ids_to_text(model.reconstruct_ids(tf.roll(codes, 1, axis=0), beam_width=3).ids).numpy()
+    assert np.mean([a.decode() == b for a, b in zip(rolled, np.roll(CORPUS, 1), strict=True)]) >= 0.75
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean"])
@@ -188,7 +193,7 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("autoencoder")
     result = runner.run(
         "autoencoder", "smoke", data_dir=str(FIXTURES / "data"), output_dir=str(root / "runs"),
-        export_dir=str(root / "exports"), epochs=2, verbose=0,
+        export_dir=str(root / "exports"), epochs=2, verbose=0, set_options={"beam_width": "2"},
     )
     # Nothing in the export may point back at the run or the training files.
     moved = root / "moved"
@@ -209,7 +214,8 @@ def test_run_reports_reconstruction_metrics_and_the_pca_picture(smoke_run):
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["test_examples"] == 32 and metrics["test_tokens"] > 32
     assert 0.0 <= metrics["test_unknown_share"] < 1.0
-    for name in ("test_token_accuracy", "test_exact_match", "test_teacher_forced_token_accuracy"):
+    for name in ("test_token_accuracy", "test_exact_match", "test_teacher_forced_token_accuracy",
+                 "test_beam_token_accuracy", "test_beam_exact_match"):
         assert 0.0 <= metrics[name] <= 1.0
     assert (result.run_dir / "embedding_pca.png").stat().st_size > 0 and len(metrics["pca_variance_share"]) == 2
     samples = (result.run_dir / "test_reconstructions.jsonl").read_text().splitlines()
@@ -227,6 +233,9 @@ def test_export_reloads_from_a_moved_dir_and_runs_on_empty_and_unicode_text(smok
     model = keras.saving.load_model(result.run_dir / "model.keras")
     np.testing.assert_allclose(embedding, model.encode_text(tf.constant(TEXTS)).numpy(), atol=1e-5)
     reconstructions = loaded.signatures["reconstruct"](text=tf.constant(TEXTS))["text"].numpy()
+    # The run asked for beam_width=2: the export reconstructs with that beam search, not greedily.
+    expected = detokenize(model.reconstruct_text(tf.constant(TEXTS), beam_width=2)["text"]).numpy()
+    assert reconstructions.tolist() == expected.tolist()
     assert reconstructions.shape == (len(TEXTS),) and not any(b"<s>" in text or b"</s>" in text for text in reconstructions)
     assert loaded.signatures["encode"](text=tf.constant([""]))["embedding"].shape == (1, 16)
     tokens = [token.decode() for token in loaded.signatures["vocabulary"]()["tokens"].numpy()]
@@ -266,6 +275,8 @@ def test_multi30k_and_corpus_sources(tmp_path):
         resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "wiki"}).validate()
     with pytest.raises(ConfigError, match="pooling='last' is not one of none, max, mean"):
         resolve_config(AutoencoderConfig, "smoke", set_options={"pooling": "last"}).validate()
+    with pytest.raises(ConfigError, match="beam_width=0 must be >= 1"):
+        resolve_config(AutoencoderConfig, "smoke", set_options={"beam_width": "0"}).validate()
     tied = resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "multi30k", "tie_embeddings": "true"})
     model = PIPELINE.build_model(tied, multi30k)
     assert model.tie_embeddings and model.get_config()["tie_embeddings"] is True

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from rnnapps.data.text import make_vectorizer
-from rnnapps.models.decoding import greedy_decode
+from rnnapps.models.decoding import beam_search_decode, greedy_decode
 from rnnapps.models.distribute import scale_loss_for_replicas
 from rnnapps.models.recurrent import _RNN_CLASSES, CELL_TYPES, RecurrentStack
 from rnnapps.models.sequence import ClipSequenceLength
@@ -94,8 +94,9 @@ class Seq2SeqAutoencoder(keras.Model):
     it then use the same vector, a bias towards copying that helps the rare
     words most, and the output layer shrinks from ``decoder_units`` to
     ``embedding_dim`` numbers per word. Inference decodes greedily from the
-    code, in the graph. The embedding is shared by encoder and decoder. The vocabulary
-    travels in the config, so the model reads raw strings after a reload.
+    code, in the graph, or with a beam search (``reconstruct_ids``). The
+    embedding is shared by encoder and decoder. The vocabulary travels in the
+    config, so the model reads raw strings after a reload.
 
     ``fit(token_ids)`` trains it (the input is its own target): the loss is the
     mean cross-entropy per target token, padding masked; ``token_accuracy``
@@ -339,11 +340,14 @@ class Seq2SeqAutoencoder(keras.Model):
 
     # -- inference ----------------------------------------------------------------------------
 
-    def greedy_reconstruct(self, code, max_length: int | None = None):
-        """Greedy decoding from codes ``(batch, code_size)``: a :class:`~rnnapps.models.decoding.DecodeResult`.
+    def reconstruct_ids(self, code, max_length: int | None = None, beam_width: int = 1, length_penalty: float = 0.6):
+        """Decoding from codes ``(batch, code_size)``: a :class:`~rnnapps.models.decoding.DecodeResult`.
 
-        ``ids`` is ``(batch, max_length + 1)`` and ends with ``</s>`` then 0;
-        ``<s>`` is never emitted.
+        Greedy with ``beam_width=1``, else beam search keeping ``beam_width``
+        hypotheses ranked with GNMT's ``length_penalty`` (see
+        :func:`~rnnapps.models.decoding.beam_search_decode`). ``ids`` is
+        ``(batch, max_length + 1)`` and ends with ``</s>`` then 0; ``<s>`` is
+        never emitted.
         """
         steps = self.max_length + 1 if max_length is None else int(max_length)
         code = tf.convert_to_tensor(code)
@@ -351,14 +355,22 @@ class Seq2SeqAutoencoder(keras.Model):
         banned = tf.equal(tf.range(len(self.vocabulary)), START_ID)
 
         def step_fn(tokens, states):
-            outputs, new_states = cell(self.decoder_inputs(self.embedding(tokens), code), states, training=False)
+            # The code travels in the states so that beam search tiles and reorders it with them.
+            outputs, new_states = cell(
+                self.decoder_inputs(self.embedding(tokens), states["code"]), states["decoder"], training=False
+            )
             new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
             logits = tf.where(banned, -1e9, tf.cast(self.logits(outputs), tf.float32))
-            return tf.nn.log_softmax(logits), new_states, None
+            return tf.nn.log_softmax(logits), {"decoder": new_states, "code": states["code"]}, None
 
-        return greedy_decode(
-            step_fn, self.initial_decoder_states(code), START_ID, END_ID, steps, batch_size=tf.shape(code)[0]
-        )
+        states = {"decoder": self.initial_decoder_states(code), "code": code}
+        if int(beam_width) == 1:
+            return greedy_decode(step_fn, states, START_ID, END_ID, steps, batch_size=tf.shape(code)[0])
+        return beam_search_decode(step_fn, states, START_ID, END_ID, steps, int(beam_width), length_penalty)
+
+    def greedy_reconstruct(self, code, max_length: int | None = None):
+        """Greedy decoding from codes ``(batch, code_size)``: ``reconstruct_ids(code, max_length)``."""
+        return self.reconstruct_ids(code, max_length)
 
     def encode_text(self, text):
         """Codes ``(batch, code_size)`` (float32) of raw strings ``(batch,)``."""
@@ -372,13 +384,13 @@ class Seq2SeqAutoencoder(keras.Model):
         words = tf.ragged.boolean_mask(tokens, tf.logical_not(ends) & tf.not_equal(ids, PAD_ID))
         return tf.strings.reduce_join(words, axis=1, separator=" ")
 
-    def reconstruct_text(self, text, max_length: int | None = None):
-        """``{"text", "ids", "lengths"}``: greedy reconstructions of raw strings ``(batch,)``.
+    def reconstruct_text(self, text, max_length: int | None = None, beam_width: int = 1):
+        """``{"text", "ids", "lengths"}``: reconstructions of raw strings ``(batch,)`` (greedy, or a beam search).
 
         ``text`` is the standardised tokens joined by spaces (``</s>`` excluded);
         ``ids`` int32 ``(batch, steps)``; ``lengths`` counts ``</s>``.
         """
-        result = self.greedy_reconstruct(self.encode(self.token_ids(text)), max_length)
+        result = self.reconstruct_ids(self.encode(self.token_ids(text)), max_length, beam_width)
         return {"text": self.ids_to_text(result.ids), "ids": result.ids, "lengths": result.lengths}
 
     def get_config(self):

@@ -104,6 +104,8 @@ class AutoencoderConfig(TrainingConfig):
     bucket_width: int = 8
     # Held-out texts whose greedy reconstruction is scored (None: all).
     eval_examples: int | None = None
+    # Hypotheses of a beam search for the export's reconstruct and extra test_beam_* metrics (1: greedy only).
+    beam_width: int = 1
     # IMDB test reviews in the PCA picture.
     plot_examples: int = 2000
 
@@ -129,7 +131,7 @@ class AutoencoderConfig(TrainingConfig):
         if self.pooling not in POOLING_TYPES:
             raise ConfigError(f"pooling={self.pooling!r} is not one of {', '.join(POOLING_TYPES)}")
         for name in ("vocab_size", "max_length", "embedding_dim", "units", "depth", "code_size", "decoder_units",
-                     "bucket_width", "plot_examples"):
+                     "bucket_width", "plot_examples", "beam_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
         for name in ("embedding_dropout", "dropout", "word_dropout"):
@@ -185,8 +187,10 @@ def token_id_dataset(texts, vocabulary, config: AutoencoderConfig, shuffle: bool
 
 # --- metrics and pictures --------------------------------------------------------------------
 
-def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH) -> dict:
-    """Greedy reconstruction of ``texts``: token accuracy and exact match, with samples.
+def reconstruction_metrics(
+    model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH, beam_width: int = 1
+) -> dict:
+    """Reconstruction of ``texts`` (greedy, or a beam search): token accuracy and exact match, with samples.
 
     The reference is the tokens the model reads (standardised, cut at
     ``max_length``, ``[UNK]`` for unknown words) followed by ``</s>``; a token
@@ -199,7 +203,7 @@ def reconstruction_metrics(model: Seq2SeqAutoencoder, texts, batch_size: int = E
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def score(text):
         ids = model.token_ids(text)
-        result = model.greedy_reconstruct(model.encode(ids))
+        result = model.reconstruct_ids(model.encode(ids), beam_width=beam_width)
         _, labels = reconstruction_targets(ids)
         hypotheses = result.ids[:, : tf.shape(labels)[1]]
         hypotheses = tf.pad(hypotheses, [[0, 0], [0, tf.shape(labels)[1] - tf.shape(hypotheses)[1]]])
@@ -343,6 +347,9 @@ class AutoencoderPipeline(Pipeline):
             "test_teacher_forced_token_accuracy": float(teacher_forced["token_accuracy"]),
             "test_loss": float(teacher_forced["loss"]),
         }
+        if config.beam_width > 1:
+            beam = reconstruction_metrics(model, scored, beam_width=config.beam_width)
+            metrics.update(test_beam_token_accuracy=beam["token_accuracy"], test_beam_exact_match=beam["exact_match"])
         labels = datasets.info.get("test_labels")
         if labels is not None:
             order = np.random.default_rng(config.seed).permutation(len(texts))[: config.plot_examples]
@@ -362,7 +369,7 @@ class AutoencoderPipeline(Pipeline):
             return {"embedding": model.encode_text(text)}
 
         def reconstruct(text):
-            return {"text": detokenize(model.reconstruct_text(text)["text"])}
+            return {"text": detokenize(model.reconstruct_text(text, beam_width=config.beam_width)["text"])}
 
         def vocabulary():
             # What rnnapps.transfer needs to remap an export's embedding rows by token.
