@@ -3,7 +3,8 @@
 1. ``multi30k``: the autoencoder trained on the English side of Multi30k train
    (``MULTI30K_SETTINGS`` over the ``--preset``), then greedy reconstruction of
    the 1,014 held-out val sentences: token accuracy (target >= 90%) and exact
-   match; test2016 too (from the run's metrics).
+   match, and the same with a beam search of ``BEAM_WIDTH``; test2016 too (from
+   the run's metrics). ``--rescore-multi30k`` scores val again without training.
 2. ``dai-le`` (Dai & Le 2015 at our scale): (a) the autoencoder pretrained on
    the IMDB train split that the sentiment pipeline trains on (labels ignored,
    its validation reviews left out); (b) the sentiment ``cpu`` preset from
