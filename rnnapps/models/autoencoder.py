@@ -81,10 +81,10 @@ class Seq2SeqAutoencoder(keras.Model):
     first and last ones do, not only through the final states. One tanh bridge
     per decoder state maps the code to the decoder's initial state; the decoder
     (GRU/LSTM) then predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher
-    forcing). With
-    ``code_at_every_step`` the code is also concatenated to the decoder's input
-    at every step (Cho et al. 2014's decoder), a short path from every target
-    token back to the code instead of one through the whole recurrence. With
+    forcing). With ``code_at_every_step`` the code is also concatenated to the
+    decoder's input at every step (Cho et al. 2014's decoder), a short path
+    from every target token back to the code instead of one through the whole
+    recurrence. With
     ``word_dropout`` some decoder inputs become ``[UNK]`` during training, so
     the decoder cannot lean on the previous word and the code has to carry the
     content (Bowman et al. 2016). With ``tie_embeddings`` the output layer
