@@ -11,6 +11,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from rnnapps import pipelines
 from rnnapps.errors import RnnappsError
@@ -125,6 +126,9 @@ def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_
     from rnnapps.config import parse_set_options
     from rnnapps.runner import run
 
+    if resume and click.get_current_context().get_parameter_source("preset") is ParameterSource.COMMANDLINE:
+        # A silently ignored preset would leave the user believing the run changed shape.
+        raise click.UsageError("--preset cannot be combined with --resume: a resumed run keeps its saved config")
     result = run(
         name,
         preset,

@@ -178,6 +178,11 @@ def learning_rate_decay_callback(
     if hold_epochs < 0:
         raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
     if decay == 1.0:
+        if hold_epochs:
+            raise ConfigError(
+                f"learning_rate_hold_epochs={hold_epochs!r} holds the rate before a decay, but "
+                f"learning_rate_decay=1 means no decay: set learning_rate_decay below 1 too, or drop the hold"
+            )
         return None
     return keras.callbacks.LearningRateScheduler(
         lambda epoch: learning_rate * decay ** max(0, epoch - hold_epochs)

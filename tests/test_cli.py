@@ -46,3 +46,19 @@ def test_evaluate_without_runs_is_clear(tmp_path):
 def test_predict_without_export_is_clear(tmp_path):
     result = CliRunner().invoke(cli, ["predict", "sentiment", "great", "--export-dir", str(tmp_path)])
     assert result.exit_code == 1 and "no export of 'sentiment'" in result.output
+
+
+def test_preset_with_resume_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import rnnapps.runner
+
+    called = []
+    monkeypatch.setattr(rnnapps.runner, "run", lambda *args, **kwargs: called.append(args))
+    result = CliRunner().invoke(
+        cli, ["run", "sentiment", "--resume", "--preset", "smoke", "--output-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "--preset cannot be combined with --resume" in result.output
+    assert called == []
+    # The default preset (not given on the command line) is no obstacle to a resume.
+    CliRunner().invoke(cli, ["run", "sentiment", "--resume", "--output-dir", str(tmp_path)])
+    assert len(called) == 1

@@ -139,6 +139,9 @@ def test_learning_rate_decays_once_per_epoch(tmp_path):
         runtime.learning_rate_decay_callback(1e-3, 1.5)
     with pytest.raises(ConfigError, match="learning_rate_hold_epochs"):
         runtime.learning_rate_decay_callback(1e-3, 0.5, hold_epochs=-1)
+    # A hold with no decay would silently do nothing.
+    with pytest.raises(ConfigError, match="learning_rate_decay=1 means no decay"):
+        runtime.learning_rate_decay_callback(1e-3, 1.0, hold_epochs=3)
 
 
 def test_learning_rate_is_held_before_it_decays(tmp_path):
