@@ -1,0 +1,76 @@
+"""The autoencoder benchmark's plumbing on the fixtures: every part it records, its resume and its rescore.
+
+The numbers are meaningless at this size; what is checked is that the script records what it
+claims (settings shared by the two Dai & Le arms, sessions of a resumed run, the target flag).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import autoencoder as benchmark
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("autoencoder_benchmark")
+    common = [
+        "--data-dir", str(FIXTURES / "data"), "--multi30k-data-dir", str(FIXTURES),
+        "--preset", "smoke", "--sentiment-preset", "smoke",
+        "--work-dir", str(root / "work"), "--results", str(root / "results.json"),
+    ]
+    # Two epochs over MULTI30K_SETTINGS' 80: the settings still shape the model.
+    results = benchmark.main([*common, "--set-multi30k", "epochs=2", "--set-sentiment", "epochs=1"])
+    return common, root, results
+
+
+def test_records_both_parts_with_their_settings(first_run):
+    _, root, results = first_run
+    assert json.loads((root / "results.json").read_text()) == results
+    multi30k = results["multi30k"]
+    assert multi30k["config"]["tie_embeddings"] is True and multi30k["config"]["code_size"] == 512
+    assert multi30k["config"]["epochs"] == 2 and multi30k["epochs_run"] == 2
+    assert 0 <= multi30k["val_token_accuracy"] <= 1 and 0 <= multi30k["val_beam_token_accuracy"] <= 1
+    assert multi30k["target_met"] == (multi30k["val_token_accuracy"] >= benchmark.TARGET_VAL_TOKEN_ACCURACY)
+    with gzip.open(FIXTURES / "multi30k" / "val.en.gz", "rt", encoding="utf-8") as val:
+        assert multi30k["val_examples"] == sum(1 for line in val if line.strip())
+    assert len(multi30k["sessions"]) == 1 and multi30k["wall_seconds"] == multi30k["sessions"][0]
+
+    dai_le = results["dai_le"]
+    random_init = json.loads((Path(dai_le["random_init"]["run_dir"]) / "config.json").read_text())
+    pretrained = json.loads((Path(dai_le["pretrained"]["run_dir"]) / "config.json").read_text())
+    assert pretrained.pop("init_from") == dai_le["autoencoder"]["run_dir"]
+    assert random_init.pop("init_from") is None
+    assert random_init == pretrained  # the arms differ in init_from only
+    assert random_init["embeddings"] is None and random_init["epochs"] == 1  # "none": no GloVe in either arm
+    assert dai_le["pretraining_helped"] == (dai_le["pretrained"]["test_accuracy"] > dai_le["random_init"]["test_accuracy"])
+
+
+def test_resume_adds_a_session_and_rescore_keeps_the_training_record(first_run):
+    common, root, results = first_run
+    run_dir = results["multi30k"]["run_dir"]
+    resumed = benchmark.main([*common, "--resume-multi30k", run_dir, "--set-multi30k", "epochs=3", "--skip-dai-le"])
+    multi30k = resumed["multi30k"]
+    assert multi30k["run_dir"] == run_dir and multi30k["epochs_run"] == 3
+    assert len(multi30k["sessions"]) == 2
+    assert multi30k["wall_seconds"] == pytest.approx(sum(multi30k["sessions"]), abs=0.2)
+    assert resumed["dai_le"] == results["dai_le"]  # a skipped part keeps its old section
+
+    rescored = benchmark.main([*common, "--rescore-multi30k"])
+    assert rescored["multi30k"]["sessions"] == multi30k["sessions"]
+    assert rescored["multi30k"]["val_token_accuracy"] == multi30k["val_token_accuracy"]  # same weights, same score
+    table = benchmark.table(rescored)
+    assert f"{multi30k['val_token_accuracy']:.1%} (exact match" in table
+    assert f"beam search of {benchmark.BEAM_WIDTH}" in table
+
+
+def test_a_resume_without_the_earlier_record_shows_its_time_as_unknown():
+    section = {"wall_seconds": None, "sessions": [None, 6330.0]}
+    assert benchmark._sessions_text(section) == "? + 105.5 min"
+    assert benchmark._sessions_text({"wall_seconds": 120.0}) == "2.0 min"
