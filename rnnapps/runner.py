@@ -97,7 +97,13 @@ def run(
     else:
         flags = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
         config = resolve_config(pipeline.config_class, preset, config_file, set_options, flags)
-        run_dir = runtime.new_run_dir(output_dir, name)
+        run_dir = None
+    # Checked before anything is written: a resume must not save a config it cannot run, and a
+    # new run must not leave an empty run directory behind.
+    runtime.check_learning_rate_schedule(
+        getattr(config, "learning_rate_decay", 1.0), getattr(config, "learning_rate_hold_epochs", 0)
+    )
+    run_dir = run_dir or runtime.new_run_dir(output_dir, name)
     save_config(config, run_dir / "config.json")
     policy, strategy_obj = _prepare(pipeline, config, precision, strategy)
     print(f"rnnapps: {name} run in {run_dir} (precision {policy}, {strategy_obj.num_replicas_in_sync} replica(s))")

@@ -164,6 +164,19 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def check_learning_rate_schedule(decay: float, hold_epochs: int) -> None:
+    """Raise :class:`ConfigError` for a schedule that is invalid or would silently do nothing."""
+    if not 0 < decay <= 1:
+        raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
+    if hold_epochs < 0:
+        raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
+    if decay == 1.0 and hold_epochs:
+        raise ConfigError(
+            f"learning_rate_hold_epochs={hold_epochs!r} holds the rate before a decay, but "
+            f"learning_rate_decay=1 means no decay: set learning_rate_decay below 1 too, or drop the hold"
+        )
+
+
 def learning_rate_decay_callback(
     learning_rate: float, decay: float, hold_epochs: int = 0
 ) -> keras.callbacks.Callback | None:
@@ -173,16 +186,8 @@ def learning_rate_decay_callback(
     Per epoch rather than per wall-second so that a resumed or slower run follows the same
     schedule; after a resume the epoch index (and so the rate) continues where it stopped.
     """
-    if not 0 < decay <= 1:
-        raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
-    if hold_epochs < 0:
-        raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
+    check_learning_rate_schedule(decay, hold_epochs)
     if decay == 1.0:
-        if hold_epochs:
-            raise ConfigError(
-                f"learning_rate_hold_epochs={hold_epochs!r} holds the rate before a decay, but "
-                f"learning_rate_decay=1 means no decay: set learning_rate_decay below 1 too, or drop the hold"
-            )
         return None
     return keras.callbacks.LearningRateScheduler(
         lambda epoch: learning_rate * decay ** max(0, epoch - hold_epochs)

@@ -155,7 +155,14 @@ def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
         runner.run("sentiment", resume=True, seed=3, **common)
     with pytest.raises(ConfigError, match="trained without a learning-rate schedule .* cannot add one"):
         runner.run("sentiment", resume=True, set_options={"learning_rate_decay": "0.5"}, **common)
+    # A hold without a decay would do nothing; refused before config.json is rewritten.
+    with pytest.raises(ConfigError, match="learning_rate_decay=1 means no decay"):
+        runner.run("sentiment", resume=True, set_options={"learning_rate_hold_epochs": "3"}, **common)
     assert (first.run_dir / "config.json").read_text() == saved_config
+    # ... and, for a new run, before its run directory is made.
+    with pytest.raises(ConfigError, match="learning_rate_decay=1 means no decay"):
+        runner.run("sentiment", "smoke", set_options={"learning_rate_hold_epochs": "3"}, **common)
+    assert [path.name for path in (tmp_path / "runs" / "sentiment").iterdir()] == [first.run_dir.name]
     shutil.rmtree(first.run_dir / "backup")
     with pytest.raises(ConfigError, match="cannot be continued"):
         runner.run("sentiment", resume=True, **common)
