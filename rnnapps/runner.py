@@ -100,9 +100,7 @@ def run(
         run_dir = None
     # Checked before anything is written: a resume must not save a config it cannot run, and a
     # new run must not leave an empty run directory behind.
-    runtime.check_learning_rate_schedule(
-        getattr(config, "learning_rate_decay", 1.0), getattr(config, "learning_rate_hold_epochs", 0)
-    )
+    runtime.check_learning_rate_schedule(config.learning_rate_decay, config.learning_rate_hold_epochs)
     run_dir = run_dir or runtime.new_run_dir(output_dir, name)
     save_config(config, run_dir / "config.json")
     policy, strategy_obj = _prepare(pipeline, config, precision, strategy)

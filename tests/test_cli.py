@@ -50,9 +50,15 @@ def test_predict_without_export_is_clear(tmp_path):
 
 def test_preset_with_resume_is_refused_before_anything_runs(tmp_path, monkeypatch):
     import rnnapps.runner
+    from rnnapps.errors import RnnappsError
 
     called = []
-    monkeypatch.setattr(rnnapps.runner, "run", lambda *args, **kwargs: called.append(args))
+
+    def stand_in_run(*args, **kwargs):
+        called.append(args)
+        raise RnnappsError("the runner was reached")
+
+    monkeypatch.setattr(rnnapps.runner, "run", stand_in_run)
     result = CliRunner().invoke(
         cli, ["run", "sentiment", "--resume", "--preset", "smoke", "--output-dir", str(tmp_path)]
     )
@@ -60,5 +66,5 @@ def test_preset_with_resume_is_refused_before_anything_runs(tmp_path, monkeypatc
     assert "--preset cannot be combined with --resume" in result.output
     assert called == []
     # The default preset (not given on the command line) is no obstacle to a resume.
-    CliRunner().invoke(cli, ["run", "sentiment", "--resume", "--output-dir", str(tmp_path)])
-    assert len(called) == 1
+    resumed = CliRunner().invoke(cli, ["run", "sentiment", "--resume", "--output-dir", str(tmp_path)])
+    assert len(called) == 1 and "the runner was reached" in resumed.output
