@@ -52,6 +52,9 @@ class TrainingConfig:
     # Stop training after this many minutes (None: no limit); the best epoch's weights are kept.
     # The budget is per session: `--resume` continues a budgeted run for another one.
     time_budget_minutes: float | None = None
+    # Serving: the most examples one request to an exported signature may carry. A request over it
+    # is refused with an InvalidArgument error naming this limit (rnnapps/request_limits.py).
+    max_request_batch: int = 1024
 
 
 def _field_types(config_cls: type) -> dict[str, Any]:

@@ -185,7 +185,11 @@ def export(
     else:
         pipeline = get_pipeline(name)
     endpoints = pipeline.serving(model, config)
-    metadata = {"run_dir": str(Path(run_dir).resolve()) if run_dir else None, "config": config_to_dict(config)}
+    metadata = {
+        "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
+        "config": config_to_dict(config),
+        "request_limits": pipeline.request_limits(config),
+    }
     if metrics:
         metadata["metrics"] = metrics
     return export_saved_model(model, endpoints, export_dir, name, metadata=metadata)

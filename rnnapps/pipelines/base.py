@@ -35,6 +35,8 @@ class Pipeline:
     #: validation metric that picks the best epoch, and whether higher is better
     monitor: str = "val_loss"
     monitor_mode: str = "min"
+    #: config fields that bound what one serving request may cost; recorded in the export's metadata
+    request_limit_fields: tuple[str, ...] = ("max_request_batch",)
 
     def load_data(self, config, data_dir: Path | None) -> Datasets:
         raise NotImplementedError
@@ -50,6 +52,10 @@ class Pipeline:
     def serving(self, model: keras.Model, config) -> dict[str, Endpoint]:
         """Signatures for TensorFlow Serving; the first should be ``serving_default``."""
         raise NotImplementedError
+
+    def request_limits(self, config) -> dict[str, int]:
+        """The serving limits of an export of ``config`` (``assets.extra/rnnapps.json``, docs/serving.md)."""
+        return {name: getattr(config, name) for name in self.request_limit_fields}
 
     def extra_callbacks(self, model: keras.Model, datasets: Datasets, config, run_dir: Path) -> list:
         return []
