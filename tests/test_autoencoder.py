@@ -1,7 +1,6 @@
 """Seq2SeqAutoencoder, the autoencoder pipeline on the fixtures, and transfer into the sentiment model."""
 
 import json
-import shutil
 from pathlib import Path
 
 import keras
@@ -189,16 +188,10 @@ def test_principal_components_match_a_known_direction():
 # --- the pipeline ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("autoencoder")
-    result = runner.run(
-        "autoencoder", "smoke", data_dir=str(FIXTURES / "data"), output_dir=str(root / "runs"),
-        export_dir=str(root / "exports"), epochs=2, verbose=0, set_options={"beam_width": "2"},
-    )
-    # Nothing in the export may point back at the run or the training files.
-    moved = root / "moved"
-    shutil.move(str(result.export_path), moved)
-    return result, moved, tf.saved_model.load(str(moved))
+def smoke_run(canonical_run):
+    # The export was moved away from the run: nothing in it may point back at the training files.
+    shared = canonical_run("autoencoder")
+    return shared.result, shared.export, tf.saved_model.load(str(shared.export))
 
 
 def test_reconstruction_metrics_count_unknown_reference_tokens():

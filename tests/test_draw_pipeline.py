@@ -45,9 +45,10 @@ def svhn(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
+def mnist(canonical_run):
     # The cpu preset's no-attention variant, end to end (SVHN above keeps the attention grids).
-    return _train_and_move(tmp_path_factory.mktemp("draw_mnist"), "binarized_mnist", MNIST_DATA, attention="false")
+    shared = canonical_run("draw")
+    return shared.result, shared.export
 
 
 @pytest.mark.parametrize("dataset", ["svhn", "binarized_mnist"])

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
@@ -33,17 +32,13 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ner")
-    result = runner.run(
-        "ner", "smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"), export_dir=str(root / "exports"),
-        verbose=0,
-    )
-    return root, result
+def smoke_run(canonical_run):
+    shared = canonical_run("ner")
+    return shared.root, shared.result, shared.export
 
 
 def test_run_reports_span_f1_per_type_and_plots(smoke_run):
-    _, result = smoke_run
+    _, result, _ = smoke_run
     for name in ("config.json", "model.keras", "metrics.json", "history.csv", "per_type_f1.png", "learning_curves.png"):
         assert (result.run_dir / name).exists(), name
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
@@ -55,13 +50,12 @@ def test_run_reports_span_f1_per_type_and_plots(smoke_run):
 
 
 def test_export_reloads_from_a_moved_dir_and_tags(smoke_run, tmp_path):
-    _, result = smoke_run
+    _, result, export = smoke_run
+    # The shared export was moved once already; move a copy of it again, off the training location.
+    shutil.copytree(export, tmp_path / "copy")
     moved = tmp_path / "moved"
-    shutil.move(result.export_path, moved)
-    try:
-        _check_moved_export(moved, result.run_dir)
-    finally:  # the predict test uses the export again
-        shutil.move(moved, result.export_path)
+    shutil.move(tmp_path / "copy", moved)
+    _check_moved_export(moved, result.run_dir)
 
 
 def _check_moved_export(moved, run_dir):
@@ -90,9 +84,9 @@ def _check_moved_export(moved, run_dir):
 
 
 def test_predict_command_prints_tokens_and_entities(smoke_run):
-    _, result = smoke_run
+    _, result, export = smoke_run
     invoked = CliRunner().invoke(
-        cli, ["predict", "ner", "--model", str(result.export_path), "EU rejects German call to boycott British lamb."]
+        cli, ["predict", "ner", "--model", str(export), "EU rejects German call to boycott British lamb."]
     )
     assert invoked.exit_code == 0, invoked.output
     lines = invoked.output.splitlines()

@@ -1,7 +1,6 @@
 """End-to-end smoke test of the PixelRNN pipeline on the synthetic fixture, plus its pieces."""
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
 from rnnapps.export import load_export
 from rnnapps.pipelines.pixelrnn import PixelRNNConfig, build_pixel_rnn, occlusion_mask
-from rnnapps.runner import run
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -25,14 +23,10 @@ def _test_images(count=3):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pixelrnn")
-    result = run("pixelrnn", preset="smoke", data_dir=str(DATA), output_dir=str(root / "runs"),
-                 export_dir=str(root / "exports"), verbose=0)
-    # Serving must not depend on anything left at the training location.
-    moved = root / "moved" / "1"
-    shutil.move(str(result.export_path), moved)
-    return result, moved
+def trained(canonical_run):
+    # The export was moved away from the run: serving must not depend on the training location.
+    shared = canonical_run("pixelrnn")
+    return shared.result, shared.export
 
 
 def test_smoke_run_reports_nll_and_pictures(trained):

@@ -18,13 +18,9 @@ TEXTS = ["A wonderful, moving film!", "", "Boring, dull and awful.", "Ça alors 
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sentiment")
-    result = runner.run(
-        "sentiment", "smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"),
-        export_dir=str(root / "exports"), verbose=0,
-    )
-    return root, result
+def smoke_run(canonical_run):
+    shared = canonical_run("sentiment")
+    return shared.root, shared.result
 
 
 def test_run_writes_every_artifact(smoke_run):
@@ -43,11 +39,11 @@ def test_smoke_model_learns_the_fixture(smoke_run):
     assert smoke_run[1].metrics["test_auc"] > 0.8
 
 
-def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, tmp_path):
+def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, canonical_run, tmp_path):
     _, result = smoke_run
     moved = tmp_path / "moved"
-    shutil.copytree(result.export_path, moved)
-    shutil.rmtree(result.export_path)
+    shutil.copytree(canonical_run("sentiment").export, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", moved)
     serving = tf.saved_model.load(str(moved)).signatures["serving_default"]
     assert list(serving.structured_input_signature[1]) == ["text"]
     outputs = serving(text=tf.constant(TEXTS))

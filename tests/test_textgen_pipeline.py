@@ -1,7 +1,6 @@
 """End-to-end smoke test of the textgen pipeline on a fixture text: train, evaluate, export, reload, generate, CLI."""
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("textgen")
-    result = runner.run(
-        "textgen", preset="smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"),
-        export_dir=str(root / "exports"), verbose=0,
-    )
-    # Nothing in the export may point back at the run or the training files.
-    moved = root / "moved"
-    shutil.move(str(result.export_path), moved)
-    return result, moved, tf.saved_model.load(str(moved))
+def trained(canonical_run):
+    # The export was moved away from the run: nothing in it may point back at the training files.
+    shared = canonical_run("textgen")
+    return shared.result, shared.export, tf.saved_model.load(str(shared.export))
 
 
 def generate(loaded, prompt, length=30, temperature=0.8, seed=7, signature="generate", **extra):

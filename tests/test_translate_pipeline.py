@@ -1,7 +1,6 @@
 """The translate pipeline end to end on the Multi30k fixture, plus the Anki fixture and the CLI."""
 
 import json
-import shutil
 from pathlib import Path
 
 import keras
@@ -10,7 +9,6 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.data.text import detokenize
@@ -28,16 +26,10 @@ TEXTS = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee.", "Quxfo
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("translate")
-    result = runner.run(
-        "translate", "smoke", data_dir=str(FIXTURES), output_dir=str(root / "runs"),
-        export_dir=str(root / "exports"), verbose=0,
-    )
-    # Nothing in the export may point back at the run or the training files.
-    moved = root / "moved"
-    shutil.move(str(result.export_path), moved)
-    return result, moved, tf.saved_model.load(str(moved))
+def smoke_run(canonical_run):
+    # The export was moved away from the run: nothing in it may point back at the training files.
+    shared = canonical_run("translate")
+    return shared.result, shared.export, tf.saved_model.load(str(shared.export))
 
 
 def test_teacher_forcing_pair_adds_markers_and_keeps_padding():
