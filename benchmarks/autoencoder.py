@@ -15,7 +15,9 @@
 
 Every run goes through the shared runner, as ``rnnapps run`` does. Writes
 ``benchmarks/results/autoencoder.json``; a part that is skipped keeps its old
-section there. ``--table`` prints the docs table from that file.
+section there. Each part (and each repeat, and a rescore) records its
+``provenance`` (``benchmarks.common.provenance``), and so does the file's latest
+write, at the top. ``--table`` prints the docs table from that file.
 
 Usage (the machine is shared: take the global benchmark lock):
     nohup flock /work/bench.lock python benchmarks/autoencoder.py --data-dir /work/shared/data > /tmp/autoencoder_bench.log 2>&1 &
@@ -69,20 +71,23 @@ def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> 
     A resumed run trains for another ``time_budget_minutes`` (``--set-multi30k`` may change
     that, the epochs, the patience and the learning-rate schedule: ``runner.RESUMABLE_FIELDS``)
     from its last completed epoch; ``sessions`` lists the wall time of each part (None: not on
-    record) and ``wall_seconds`` is their sum.
+    record) and ``wall_seconds`` is their sum; ``earlier_provenance`` keeps the provenance blocks
+    of the section's earlier writes, oldest first (None: not on record).
     """
     from benchmarks.common import machine_under_load, timed_run
 
-    earlier_sessions = []
+    earlier_sessions, resumed_record = [], {}
     if arguments.resume_multi30k:
         resumed = Path(arguments.resume_multi30k).resolve()
         if previous and Path(previous.get("run_dir", "")).resolve() == resumed:
             options = {**previous.get("set_options", {}), **set_options}
             earlier_sessions = previous.get("sessions", [previous["wall_seconds"]])
+            earlier_provenance = [*previous.get("earlier_provenance", []), previous.get("provenance")]
         else:
-            # A run stopped before it wrote results: its options and earlier wall time are not on
-            # record here (its config.json has the settings).
-            options, earlier_sessions = dict(set_options), [None]
+            # A run stopped before it wrote results: its options, earlier wall time and provenance
+            # are not on record here (its config.json has the settings).
+            options, earlier_sessions, earlier_provenance = dict(set_options), [None], [None]
+        resumed_record = {"earlier_provenance": earlier_provenance}
         run = timed_run("autoencoder", arguments.preset, set_options, arguments.multi30k_data_dir,
                         Path(arguments.work_dir) / "multi30k", resume=str(resumed))
     else:
@@ -105,6 +110,7 @@ def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> 
         "train_seconds": metrics["train_seconds_this_session"],
         "machine": machine_under_load(run.load_average_at_start),
         "run_dir": str(run.result.run_dir),
+        **resumed_record,
     }
 
 
@@ -285,34 +291,45 @@ def main(argv=None) -> dict:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.common import command_line, write_report
+    from benchmarks.common import command_line, provenance, provenance_start, write_report
     from rnnapps.config import parse_set_options
+
+    command, started = command_line("autoencoder.py", argv), provenance_start()
+
+    def write(results: dict) -> None:
+        results["provenance"] = provenance(started, command)  # the file's latest write
+        write_report(results_path, results)
 
     results = dict(previous)
     if arguments.rescore_multi30k:
         if "multi30k" not in previous:
             parser.error("--rescore-multi30k needs a multi30k section in --results")
         section = previous["multi30k"]
-        results["multi30k"] = {**section, **score_validation(Path(section["run_dir"]), Path(arguments.multi30k_data_dir))}
-        write_report(results_path, results)
+        results["multi30k"] = {**section, **score_validation(Path(section["run_dir"]), Path(arguments.multi30k_data_dir)),
+                               "rescore_provenance": provenance(started, command)}
+        write(results)
         print(table(results))
         return results
     if not (arguments.skip_multi30k or arguments.repeat_dai_le):
+        part_started = provenance_start()
         results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k),
                                            previous.get("multi30k"))
-        write_report(results_path, results)
+        results["multi30k"]["provenance"] = provenance(part_started, command)
+        write(results)
+    part_started = provenance_start()
     if arguments.repeat_dai_le:
         if "dai_le" not in previous:
             parser.error("--repeat-dai-le needs a dai_le section in --results")
         results["dai_le"] = repeat_dai_le(arguments, previous["dai_le"], parse_set_options(arguments.set_sentiment))
-        results["dai_le"]["repeats"][-1]["command"] = command_line("autoencoder.py", argv)
+        results["dai_le"]["repeats"][-1].update(command=command, provenance=provenance(part_started, command))
     else:
         if not arguments.skip_dai_le:
             results["dai_le"] = run_dai_le(
                 arguments, parse_set_options(arguments.set_imdb), parse_set_options(arguments.set_sentiment)
             )
-        results["command"] = command_line("autoencoder.py", argv)
-    write_report(results_path, results)
+            results["dai_le"]["provenance"] = provenance(part_started, command)
+        results["command"] = command
+    write(results)
     print(table(results))
     return results
 

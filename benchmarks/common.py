@@ -1,8 +1,9 @@
-"""Helpers shared by the benchmark scripts (timed runs, timing callbacks, latency stats, machine, results files)."""
+"""Helpers shared by the benchmark scripts (timed runs, timing callbacks, latency stats, machine, provenance, results files)."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import resource
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,9 @@ from rnnapps import runner
 from rnnapps.export import load_export
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+# The CPU flags that decide TensorFlow's fast paths on x86 (AVX2, AVX-512, bfloat16, AMX).
+FLAGS_OF_NOTE = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
 class TrainTimer(keras.callbacks.Callback):
@@ -171,6 +176,89 @@ def machine_under_load(load_average_at_start) -> dict:
 def command_line(script: str, argv=None) -> str:
     """The command that reproduces this benchmark: ``python benchmarks/<script> <arguments>``."""
     return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _git(repo, *arguments) -> str | None:
+    """The output of ``git <arguments>`` in ``repo``; None where git is missing or fails (not a repository)."""
+    try:
+        done = subprocess.run(
+            ["git", *arguments], cwd=repo, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # git status must not lock others' index
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def cpu_model_and_flags(cpuinfo="/proc/cpuinfo") -> tuple[str | None, dict[str, bool] | None]:
+    """The first CPU's "model name" (else ``platform.processor()``) and which of FLAGS_OF_NOTE it has.
+
+    The flags are None where ``cpuinfo`` lists none (not Linux on x86).
+    """
+    fields: dict[str, str] = {}
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    flags = fields["flags"].split() if "flags" in fields else None
+    return (fields.get("model name") or platform.processor() or None,
+            None if flags is None else {flag: flag in flags for flag in FLAGS_OF_NOTE})
+
+
+def provenance_start(repo=REPO) -> dict:
+    """What :func:`provenance` reads when a benchmark begins: the code's git state, the time, the load."""
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain")
+    return {
+        "commit": commit.strip() if commit else None,
+        "dirty": None if status is None else bool(status.strip()),
+        "started": _now(),
+        "load_average_at_start": _load_average(),
+    }
+
+
+def provenance(started: dict | None = None, command: str | None = None, repo=REPO) -> dict:
+    """Where a result came from, for the ``provenance`` block of a results JSON.
+
+    ``started`` is :func:`provenance_start`'s record from the start of the run (read now if
+    None); ``command`` defaults to ``python <script> <arguments>`` from ``sys.argv``. The git
+    fields (the commit and whether the tree was dirty) are None where git is missing or
+    ``repo`` is not a repository. Reads only local files and the local git repository.
+    """
+    started = provenance_start(repo) if started is None else started
+    if command is None:
+        script = Path(sys.argv[0]).resolve()
+        script = script.relative_to(REPO) if script.is_relative_to(REPO) else Path(sys.argv[0])
+        command = shlex.join(["python", str(script), *sys.argv[1:]])
+    cpu_model, cpu_flags = cpu_model_and_flags()
+    versions = machine()
+    return {
+        "reconstructed": False,
+        **started,
+        "date": _now(),
+        "command": command,
+        "cpu_model": cpu_model,
+        "cpu_flags": cpu_flags,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_at_end": _load_average(),
+        **{key: versions[key] for key in ("python", "tensorflow", "keras")},
+    }
 
 
 def write_report(path, results: dict) -> Path:

@@ -8,6 +8,7 @@ evaluates the test NLL bound (negative ELBO) on the full 10k test split,
 exports, copies the SavedModel elsewhere, reloads it and times ``generate`` for
 64 samples. Writes ``benchmarks/results/draw.json``, and through the served model
 ``docs/draw_samples.png`` (64 samples) and ``docs/draw_canvas.gif`` (16 of them drawn step by step).
+The JSON records its ``provenance`` (``benchmarks.common.provenance``: commit, command, CPU, load).
 The machine is shared: run it under the global lock,
 ``flock /work/bench.lock python benchmarks/draw.py ...``.
 """
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "draw.json"))
     parser.add_argument("--docs-dir", default=str(ROOT / "docs"), help="Where the sample grid and GIF are copied.")
     args = parser.parse_args()
+    started = common.provenance_start()
 
     from rnnapps.config import resolve_config
     from rnnapps.pipelines.draw import DrawConfig
@@ -81,6 +83,7 @@ def main() -> None:
         "target_nll_bound_nats": 95.0,
         "paper_nll_bound_nats_T64": 80.97,
         "generate_64_samples_seconds": round(latency["p50_ms"] / 1000, 3),
+        "provenance": common.provenance(started, common.command_line("draw.py")),
     }
     common.write_report(args.output, report)
     print(json.dumps(report, indent=2, sort_keys=True))

@@ -2,7 +2,8 @@
 
 Trains through the shared runner (the same path as ``rnnapps run ner``), then
 reloads the exported SavedModel and times its signatures. Results are merged
-into ``benchmarks/results/ner.json`` under the variant's name.
+into ``benchmarks/results/ner.json`` under the variant's name, each with its
+``provenance`` (``benchmarks.common.provenance``).
 
 Usage::
 
@@ -76,7 +77,15 @@ def main(argv=None) -> int:
 
     # Imported only now, so --help needs no TensorFlow.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.common import TrainingSpeed, command_line, machine_under_load, timed_run
+    from benchmarks.common import (
+        TrainingSpeed,
+        command_line,
+        machine_under_load,
+        provenance,
+        provenance_start,
+        timed_run,
+        write_report,
+    )
     from rnnapps import runtime
     from rnnapps.config import parse_set_options, resolve_config
     from rnnapps.data import conll
@@ -86,6 +95,7 @@ def main(argv=None) -> int:
     if args.embeddings:
         set_options["embeddings"] = args.embeddings
     speed = TrainingSpeed(resolve_config(NerConfig, args.preset, set_options=set_options).batch_size)
+    command, started = command_line("ner.py", argv), provenance_start()
     run = timed_run("ner", args.preset, set_options, args.data_dir, args.output_dir, extra_callbacks=[speed])
     result, wall_seconds = run.result, run.wall_seconds
     history = runtime.read_history(result.run_dir / "history.csv")
@@ -93,7 +103,7 @@ def main(argv=None) -> int:
     test_sentences = conll.load_conll_splits(args.data_dir)["test"]
     metrics = result.metrics
     entry = {
-        "command": command_line("ner.py", argv),
+        "command": command,
         "preset": args.preset,
         "set": set_options,
         "valid_f1": round(metrics["valid_f1"], 4),
@@ -114,11 +124,11 @@ def main(argv=None) -> int:
         "run_dir": str(result.run_dir),
         "export": str(result.export_path),
         "machine": machine_under_load(run.load_average_at_start),
+        "provenance": provenance(started, command),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.variant] = entry
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_report(RESULTS, results)
     print(json.dumps({k: v for k, v in entry.items() if k != "test_per_type"}, indent=2))
     return 0
 

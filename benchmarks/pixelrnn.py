@@ -6,8 +6,9 @@ Trains the ``cpu`` preset through the shared runner (stopping early, at the end
 of a batch, if ``--time-limit-minutes`` runs out), evaluates the test NLL on the
 full 10k test split, exports, reloads the SavedModel from its directory and times
 the ``inpaint`` signature on one half-occluded test image completed 16 times.
-Writes ``benchmarks/results/pixelrnn.json`` and copies the inpainting grid to
-``docs/pixelrnn_inpainting.png``.
+Writes ``benchmarks/results/pixelrnn.json`` (with its ``provenance``,
+``benchmarks.common.provenance``: commit, command, CPU, load) and copies the
+inpainting grid to ``docs/pixelrnn_inpainting.png``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "work" / "pixelrnn"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pixelrnn.json"))
     args = parser.parse_args()
+    started = common.provenance_start()
 
     work = Path(args.work_dir)
     set_options = parse_set_options(args.set_options)
@@ -80,6 +82,7 @@ def main() -> None:
         "test_bits_per_dim": round(result.metrics["test_bits_per_dim"], 5),
         "test_examples": result.metrics["test_examples"],
         "inpaint_16_completions_half_occluded_seconds": round(latency["p50_ms"] / 1000, 2),
+        "provenance": common.provenance(started, common.command_line("pixelrnn.py")),
     }
     common.write_report(args.output, report)
     print(json.dumps(report, indent=2, sort_keys=True))

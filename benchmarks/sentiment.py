@@ -12,7 +12,8 @@
    SavedModel.
 4. Peak RSS of the training process (measured before the baseline runs).
 
-Results go to benchmarks/results/sentiment.json.
+Results go to benchmarks/results/sentiment.json, with the ``provenance`` of each write
+(``benchmarks.common.provenance``; a ``--serving-only`` run records ``serving_provenance``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     RESULTS,
     TrainTimer,
+    command_line,
     latency_stats,
     machine,
     peak_rss_mib,
+    provenance,
+    provenance_start,
     write_results,
 )
 from rnnapps import runner  # noqa: E402
@@ -160,11 +164,13 @@ def main():
     parser.add_argument("--serving-only", metavar="EXPORT_DIR",
                         help="only re-measure serving of this export and update the results file")
     args = parser.parse_args()
+    command, started = command_line("sentiment.py"), provenance_start()
     if args.serving_only:
         results = json.loads((RESULTS / "sentiment.json").read_text())
         texts = imdb.load_imdb(resolve_data_dir(args.data_dir))["test"][0]
         results["serving"] = run_serving(args.serving_only, texts)
         results["serving_command"] = "python " + " ".join(sys.argv)
+        results["serving_provenance"] = provenance(started, command)
         print(write_results("sentiment", results))
         print(json.dumps(results["serving"], indent=2))
         return
@@ -174,6 +180,7 @@ def main():
     ours.pop("train_labels")
     results = {"machine": machine(), "command": "python " + " ".join(sys.argv), "rnnapps": ours}
     results["serving"] = run_serving(ours["export_path"], texts)
+    results["provenance"] = provenance(started, command)
     write_results("sentiment", results)
     if not args.skip_baseline:
         baseline = run_baseline(args, ours["epochs_trained"], ours["seed"], ours["validation_fraction"])
@@ -182,6 +189,7 @@ def main():
         results["throughput_ratio_sequences"] = round(ours["sequences_per_second"] / baseline["sequences_per_second"], 2)
     for key in ("export_path",):
         ours.pop(key)
+    results["provenance"] = provenance(started, command)
     print(write_results("sentiment", results))
     print({k: v for k, v in results.items() if k != "machine"})
 

@@ -2,7 +2,8 @@
 
 Trains the ``cpu`` preset (or ``--preset``) through the shared runner, exactly
 as ``rnnapps run textgen`` does, then reloads the exported SavedModel and
-times ``generate``. Writes ``benchmarks/results/textgen.json``.
+times ``generate``. Writes ``benchmarks/results/textgen.json``, with its
+``provenance`` (``benchmarks.common.provenance``).
 
 Usage:
     python benchmarks/textgen.py --data-dir /work/shared/data
@@ -82,10 +83,17 @@ def main(argv=None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import tensorflow as tf
 
-    from benchmarks.common import command_line, machine_under_load, timed_run
+    from benchmarks.common import (
+        command_line,
+        machine_under_load,
+        provenance,
+        provenance_start,
+        timed_run,
+    )
     from rnnapps import runtime
     from rnnapps.config import parse_set_options
 
+    command, started = command_line("textgen.py", argv), provenance_start()
     run = timed_run("textgen", arguments.preset, parse_set_options(arguments.set_options), arguments.data_dir,
                     arguments.work_dir)
     result, wall_seconds = run.result, run.wall_seconds
@@ -128,7 +136,8 @@ def main(argv=None) -> dict:
         "sample_seed": config.seed,
         "sample": PROMPT + sample,
         "machine": machine_under_load(run.load_average_at_start),
-        "command": command_line("textgen.py", argv),
+        "command": command,
+        "provenance": provenance(started, command),
     }
     Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.results).write_text(json.dumps(report, indent=2, default=str) + "\n")

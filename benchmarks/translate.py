@@ -3,7 +3,8 @@
 Trains the ``cpu`` preset (or ``--preset``) through the shared runner, exactly
 as ``rnnapps run translate`` does, then reloads the exported SavedModel and
 times ``serving_default`` (beam search in the graph) one sentence at a time.
-Writes ``benchmarks/results/translate.json``.
+Writes ``benchmarks/results/translate.json``, with its ``provenance``
+(``benchmarks.common.provenance``).
 
 Usage (the machine is shared: take the global benchmark lock):
     nohup flock /work/bench.lock python benchmarks/translate.py --data-dir /work/shared/data > /tmp/translate_bench.log 2>&1 &
@@ -40,11 +41,19 @@ def main(argv=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from benchmarks.common import command_line, latency_stats, machine_under_load, timed_run
+    from benchmarks.common import (
+        command_line,
+        latency_stats,
+        machine_under_load,
+        provenance,
+        provenance_start,
+        timed_run,
+    )
     from rnnapps import runtime
     from rnnapps.config import parse_set_options
     from rnnapps.pipelines.translate import PIPELINE
 
+    command, started = command_line("translate.py", argv), provenance_start()
     run = timed_run("translate", arguments.preset, parse_set_options(arguments.set_options), arguments.data_dir,
                     arguments.work_dir)
     result, wall_seconds = run.result, run.wall_seconds
@@ -92,7 +101,8 @@ def main(argv=None) -> dict:
         "serving_batch_of_sentences_seconds": {"sentences": len(sentences), "seconds": round(batch_seconds, 3)},
         "machine": machine_under_load(run.load_average_at_start),
         "samples": [json.loads(line) for line in (result.run_dir / "test_translations.jsonl").read_text().splitlines()[:5]],
-        "command": command_line("translate.py", argv),
+        "command": command,
+        "provenance": provenance(started, command),
     }
     Path(arguments.results).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.results).write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False) + "\n")

@@ -1,7 +1,8 @@
 """The autoencoder benchmark's plumbing on the fixtures: every part it records, its resume and its rescore.
 
 The numbers are meaningless at this size; what is checked is that the script records what it
-claims (settings shared by the two Dai & Le arms, sessions of a resumed run, the target flag).
+claims (settings shared by the two Dai & Le arms, sessions of a resumed run, the target flag,
+the provenance of each part and write).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def test_records_both_parts_with_their_settings(first_run):
     assert random_init["embeddings"] is None and random_init["epochs"] == 1  # "none": no GloVe in either arm
     assert dai_le["pretraining_helped"] == (dai_le["pretrained"]["test_accuracy"] > dai_le["random_init"]["test_accuracy"])
 
+    # The file's latest write and each part record where they came from (benchmarks.common.provenance).
+    for block in (results["provenance"], multi30k["provenance"], dai_le["provenance"]):
+        assert block["reconstructed"] is False and block["command"] == results["command"]
+        assert {"commit", "dirty", "date", "cpu_model", "load_average_at_start", "load_average_at_end"} <= set(block)
+    assert "earlier_provenance" not in multi30k  # a fresh run
+
 
 def test_resume_adds_a_session_and_rescore_keeps_the_training_record(first_run):
     common, root, results = first_run
@@ -61,10 +68,15 @@ def test_resume_adds_a_session_and_rescore_keeps_the_training_record(first_run):
     assert len(multi30k["sessions"]) == 2
     assert multi30k["wall_seconds"] == pytest.approx(sum(multi30k["sessions"]), abs=0.2)
     assert resumed["dai_le"] == results["dai_le"]  # a skipped part keeps its old section
+    assert multi30k["earlier_provenance"] == [results["multi30k"]["provenance"]]
+    assert multi30k["provenance"]["command"] == resumed["provenance"]["command"] != results["command"]
 
     rescored = benchmark.main([*common, "--rescore-multi30k"])
     assert rescored["multi30k"]["sessions"] == multi30k["sessions"]
     assert rescored["multi30k"]["val_token_accuracy"] == multi30k["val_token_accuracy"]  # same weights, same score
+    assert rescored["multi30k"]["provenance"] == multi30k["provenance"]  # the training's, kept
+    assert rescored["multi30k"]["rescore_provenance"]["command"] == rescored["provenance"]["command"]
+    assert rescored["provenance"]["command"].endswith("--rescore-multi30k")
     table = benchmark.table(rescored)
     assert f"{multi30k['val_token_accuracy']:.1%} (exact match" in table
     assert f"beam search of {benchmark.BEAM_WIDTH}" in table
