@@ -57,7 +57,16 @@ from rnnapps.models.autoencoder import (
 )
 from rnnapps.models.recurrent import CELL_TYPES
 from rnnapps.models.sequence import ClipSequenceLength
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    export_limits,
+    export_options,
+    read_texts,
+    served_model,
+    text_requests,
+)
+from rnnapps.request_limits import text_request
 
 DATASETS = ("imdb", "multi30k")
 LABELS = ("negative", "positive")
@@ -108,6 +117,9 @@ class AutoencoderConfig(TrainingConfig):
     beam_width: int = 1
     # IMDB test reviews in the PCA picture.
     plot_examples: int = 2000
+    # Serving: reconstruct decodes up to max_length steps (times beam_width) for every text of a request.
+    max_request_batch: int = 256
+    max_text_bytes: int = 100_000
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=200, max_length=16, embedding_dim=8,
@@ -283,6 +295,7 @@ class AutoencoderPipeline(Pipeline):
     config_class = AutoencoderConfig
     monitor = "val_token_accuracy"
     monitor_mode = "max"
+    request_limit_fields = ("max_request_batch", "max_text_bytes")
 
     def load_data(self, config: AutoencoderConfig, data_dir: Path | None) -> Datasets:
         config.validate()
@@ -366,10 +379,11 @@ class AutoencoderPipeline(Pipeline):
         text_spec = [tf.TensorSpec([None], tf.string, name="text")]
 
         def encode(text):
-            return {"embedding": model.encode_text(text)}
+            return {"embedding": model.encode_text(text_request(text, config))}
 
         def reconstruct(text):
-            return {"text": detokenize(model.reconstruct_text(text, beam_width=config.beam_width)["text"])}
+            reconstructed = model.reconstruct_text(text_request(text, config), beam_width=config.beam_width)
+            return {"text": detokenize(reconstructed["text"])}
 
         def vocabulary():
             # What rnnapps.transfer needs to remap an export's embedding rows by token.
@@ -397,15 +411,16 @@ def predict_command(texts, show_embedding, model_path, export_dir):
       rnnapps predict autoencoder --show-embedding --model saved_models/autoencoder/2 "Two dogs play in the snow."
     """
     texts = read_texts(texts)
-    loaded, _ = served_model("autoencoder", model_path, export_dir)
-    batch = tf.constant(list(texts), tf.string)
-    embeddings = loaded.signatures["encode"](text=batch)["embedding"].numpy()
-    reconstructions = loaded.signatures["reconstruct"](text=batch)["text"].numpy()
-    for embedding, reconstruction in zip(embeddings, reconstructions, strict=True):
-        line = f"{float(np.linalg.norm(embedding)):.4f}\t{reconstruction.decode('utf-8')}"
-        if show_embedding:
-            line += "\t" + json.dumps([round(float(value), 6) for value in embedding])
-        click.echo(line)
+    loaded, path = served_model("autoencoder", model_path, export_dir)
+    for batch in text_requests(texts, export_limits(path, AutoencoderConfig)):
+        batch = tf.constant(batch, tf.string)
+        embeddings = loaded.signatures["encode"](text=batch)["embedding"].numpy()
+        reconstructions = loaded.signatures["reconstruct"](text=batch)["text"].numpy()
+        for embedding, reconstruction in zip(embeddings, reconstructions, strict=True):
+            line = f"{float(np.linalg.norm(embedding)):.4f}\t{reconstruction.decode('utf-8')}"
+            if show_embedding:
+                line += "\t" + json.dumps([round(float(value), 6) for value in embedding])
+            click.echo(line)
 
 
 PIPELINE = AutoencoderPipeline()

@@ -85,6 +85,28 @@ def served_model(pipeline: str, model_path: str | None, export_dir: str):
     return load_export(path), path
 
 
+def export_limits(model_path: Path, config_class) -> dict[str, int]:
+    """The request limits an export enforces (its metadata), else ``config_class``'s defaults."""
+    from rnnapps.export import read_metadata
+
+    recorded = read_metadata(model_path).get("request_limits", {})
+    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
+    return {name: recorded.get(name, defaults.get(name)) for name in set(recorded) | set(defaults)}
+
+
+def text_requests(texts, limits: dict) -> list[list[str]]:
+    """``texts`` in request-sized batches (``max_request_batch``), each text checked against ``max_text_bytes``."""
+    import click
+
+    max_bytes = limits["max_text_bytes"]
+    for index, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        if size > max_bytes:
+            raise click.BadParameter(f"text {index + 1} has {size} bytes, over the export's max_text_bytes={max_bytes}")
+    size = limits["max_request_batch"]
+    return [list(texts[start : start + size]) for start in range(0, len(texts), size)]
+
+
 def read_texts(texts) -> tuple[str, ...]:
     """The texts given as arguments, else non-empty lines piped on stdin."""
     import sys

@@ -55,7 +55,8 @@ from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
 from rnnapps.models.draw import DrawModel
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
+from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.request_limits import batch_at_most, count_within, guarded
 
 DATASETS = ("svhn", "binarized_mnist")
 LIKELIHOODS = ("bernoulli",)
@@ -88,6 +89,9 @@ class DrawConfig(TrainingConfig):
     # Pictures written by evaluate(): generated samples (also animated) and reconstructed test images.
     sample_examples: int = 64
     reconstruct_examples: int = 16
+    # Serving: generate returns every step's canvas, num x steps x H x W x C bytes (SVHN at T=64:
+    # 200 KB an image), so a request draws at most max_samples images.
+    max_samples: int = 256
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=2, batch_size=4, learning_rate=3e-3, steps=3, read_glimpse_size=2, write_glimpse_size=3,
@@ -132,6 +136,7 @@ class DrawPipeline(Pipeline):
     config_class = DrawConfig
     monitor = "val_loss"
     monitor_mode = "min"
+    request_limit_fields = ("max_request_batch", "max_samples")
 
     def load_data(self, config: DrawConfig, data_dir: Path | None) -> Datasets:
         splits = load_images(config.dataset, data_dir)
@@ -202,10 +207,12 @@ class DrawPipeline(Pipeline):
         height, width, channels = model.image_shape
 
         def generate(num, seed):
+            num = guarded([count_within(num, "num", config.max_samples, "max_samples")], num)
             canvases = to_uint8(model.generate(num, seed=seed))
             return {"images": canvases[:, -1], "canvases": canvases}
 
         def reconstruct(images):
+            images = guarded([batch_at_most(images, "images", config.max_request_batch)], images)
             floats = serving_images_to_float(images, binary)
             canvases, nll_bound = model.reconstruct(floats, seed=tf.constant(RECONSTRUCT_SEED, tf.int32))
             return {"images": to_uint8(canvases[:, -1]), "nll_bound": nll_bound}
@@ -268,7 +275,8 @@ def _to_unit_interval(images: np.ndarray, binary: bool) -> np.ndarray:
 # --- the predict verb -------------------------------------------------------------------------
 
 @click.command("draw")
-@click.option("--samples", default=16, show_default=True, type=click.IntRange(1, 1024), help="Images to draw.")
+@click.option("--samples", default=16, show_default=True, type=click.IntRange(1, DrawConfig.max_samples),
+              help="Images to draw (at most the export's max_samples).")
 @click.option("--animate", is_flag=True, help="Also write an animated GIF of the canvases over the T steps.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (same seed, same images).")
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(1, 64), help="Images per grid row.")
@@ -287,7 +295,10 @@ def predict_command(samples, animate, seed, columns, model_path, export_dir, out
 
     if not 0 <= seed < 2**31:
         raise click.BadParameter(f"{seed} is not in [0, 2^31)", param_hint="--seed")
-    loaded, _ = served_model("draw", model_path, export_dir)
+    loaded, path = served_model("draw", model_path, export_dir)
+    max_samples = export_limits(path, DrawConfig)["max_samples"]
+    if samples > max_samples:
+        raise click.BadParameter(f"{samples} is over the export's max_samples={max_samples}", param_hint="--samples")
     outputs = loaded.signatures["generate"](num=tf.constant(samples, tf.int32), seed=tf.constant(seed, tf.int32))
     output = Path(output)
     columns = min(columns, samples)

@@ -47,7 +47,16 @@ from rnnapps.export import Endpoint
 from rnnapps.models import RecurrentStack
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.tagger import DECODERS, SequenceTagger, TokenFeatures
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    export_limits,
+    export_options,
+    read_texts,
+    served_model,
+    text_requests,
+)
+from rnnapps.request_limits import batch_at_most, dimension_at_most, guarded, text_request
 
 CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
@@ -79,6 +88,9 @@ class NerConfig(TrainingConfig):
     dropout: float = 0.5
     char_dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    # Serving: the longest sentence one request may carry, as tokens (serving_default) and as text (tag_text).
+    max_sentence_tokens: int = 1000
+    max_text_bytes: int = 20_000
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=4, batch_size=4, learning_rate=0.02, word_embedding_dim=8, min_word_count=1,
@@ -147,6 +159,7 @@ class NerPipeline(Pipeline):
     # confident mistakes), so the best epoch is chosen by the task metric itself.
     monitor = "val_f1"
     monitor_mode = "max"
+    request_limit_fields = ("max_request_batch", "max_sentence_tokens", "max_text_bytes")
 
     def load_data(self, config: NerConfig, data_dir: Path | None) -> Datasets:
         config.validate()
@@ -254,11 +267,18 @@ class NerPipeline(Pipeline):
         return metrics
 
     def serving(self, model, config) -> dict[str, Endpoint]:
+        def bounded_tokens(tokens, input_name):
+            return guarded([
+                batch_at_most(tokens, input_name, config.max_request_batch),
+                dimension_at_most(tokens, 1, input_name, "tokens in a sentence", config.max_sentence_tokens,
+                                  "max_sentence_tokens"),
+            ], tokens)
+
         def tag_tokens(tokens):
-            return {"tags": model.tag(tokens)}
+            return {"tags": model.tag(bounded_tokens(tokens, "tokens"))}
 
         def tag_text(text):
-            tokens = tokenize_words(text)
+            tokens = bounded_tokens(tokenize_words(text_request(text, config)), "text")
             return {"tokens": tokens, "tags": model.tag(tokens)}
 
         return {
@@ -332,16 +352,17 @@ def predict_command(texts, model_path, export_dir):
       cat news.txt | rnnapps predict ner --model saved_models/ner/2
     """
     texts = read_texts(texts)
-    loaded, _ = served_model("ner", model_path, export_dir)
-    outputs = loaded.signatures["tag_text"](text=tf.constant(list(texts), tf.string))
-    for row_tokens, row_tags in zip(outputs["tokens"].numpy(), outputs["tags"].numpy(), strict=True):
-        tokens = [token.decode() for token in row_tokens if token]
-        click.echo(" ".join(tokens))
-        spans = entity_spans(row_tags[: len(tokens)])
-        for entity_type, start, end in spans:
-            click.echo(f"  {entity_type}\t{start}:{end}\t{' '.join(tokens[start:end])}")
-        if not spans:
-            click.echo("  (no entities)")
+    loaded, path = served_model("ner", model_path, export_dir)
+    for batch in text_requests(texts, export_limits(path, NerConfig)):
+        outputs = loaded.signatures["tag_text"](text=tf.constant(batch, tf.string))
+        for row_tokens, row_tags in zip(outputs["tokens"].numpy(), outputs["tags"].numpy(), strict=True):
+            tokens = [token.decode() for token in row_tokens if token]
+            click.echo(" ".join(tokens))
+            spans = entity_spans(row_tags[: len(tokens)])
+            for entity_type, start, end in spans:
+                click.echo(f"  {entity_type}\t{start}:{end}\t{' '.join(tokens[start:end])}")
+            if not spans:
+                click.echo("  (no entities)")
 
 
 PIPELINE = NerPipeline()

@@ -42,7 +42,8 @@ from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, read_metadata
 from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
+from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.request_limits import batch_at_most, count_within, guarded
 
 DATASETS = ("binarized_mnist", "mnist")
 BINARIZE_MODES = ("fixed", "stochastic")
@@ -75,6 +76,9 @@ class PixelRNNConfig(TrainingConfig):
     batch_size: int = 32
     # Validate on at most this many images per epoch (None: all); the test NLL always uses the whole test split.
     max_validation_examples: int | None = None
+    # Serving: sample and inpaint cost one forward pass per pixel (784 for MNIST), so they take at
+    # most max_samples images a request; log_prob is one pass and takes up to max_request_batch.
+    max_samples: int = 64
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=2, batch_size=8, learning_rate=5e-3, learning_rate_decay=0.9, filters=8, hidden_units=4, row_lstm_layers=1,
@@ -114,6 +118,7 @@ class PixelRNNPipeline(Pipeline):
     config_class = PixelRNNConfig
     monitor = "val_loss"
     monitor_mode = "min"
+    request_limit_fields = ("max_request_batch", "max_samples")
 
     def load_data(self, config: PixelRNNConfig, data_dir: Path | None) -> Datasets:
         splits = load_images(config.dataset, data_dir, binarize=config.binarize, seed=config.seed)
@@ -168,6 +173,7 @@ class PixelRNNPipeline(Pipeline):
         any_images = tf.TensorSpec(None, tf.uint8, name="images")
 
         def inpaint(images, mask, seed):
+            images = guarded([batch_at_most(images, "images", config.max_samples, "max_samples")], images)
             canvas, scale = _serving_images(images, height, width, "images")
             known, _ = _serving_images(mask, height, width, "mask", binary_only=True)
             with tf.control_dependencies([_assert_same_shape(images, mask)]):
@@ -175,11 +181,13 @@ class PixelRNNPipeline(Pipeline):
             return {"images": tf.reshape(tf.cast(completed, tf.uint8) * scale, tf.shape(images))}
 
         def log_prob(images):
+            images = guarded([batch_at_most(images, "images", config.max_request_batch)], images)
             canvas, _ = _serving_images(images, height, width, "images")
             logits = model(canvas, training=False)
             return {"nll_nats": bernoulli_nll(canvas, logits)}
 
         def sample(num, seed):
+            num = guarded([count_within(num, "num", config.max_samples, "max_samples")], num)
             canvas = tf.zeros([num, height, width, 1], tf.float32)
             completed = complete_images(model, canvas, tf.zeros_like(canvas, tf.bool), seed)
             return {"images": tf.cast(completed[..., 0], tf.uint8)}
@@ -438,11 +446,17 @@ def predict_command(occlude, count, samples, seed, image_paths, data_dir, model_
                              binarize=dataset_config.get("binarize", "fixed"), seed=dataset_config.get("seed", 0))
         originals = splits["test"][spread_indices(len(splits["test"]), count)]
     known = occlusion_mask(originals.shape, occlude, seed)
-    completions = loaded.signatures["inpaint"](
-        images=tf.constant(np.repeat(originals, samples, axis=0)),
-        mask=tf.constant(np.repeat(known, samples, axis=0)),
-        seed=tf.constant(seed, tf.int32),
-    )["images"].numpy()
+    images, masks = np.repeat(originals, samples, axis=0), np.repeat(known, samples, axis=0)
+    # One request holds at most the export's max_samples images.
+    per_request = export_limits(path, PixelRNNConfig)["max_samples"]
+    completions = np.concatenate([
+        loaded.signatures["inpaint"](
+            images=tf.constant(images[start : start + per_request]),
+            mask=tf.constant(masks[start : start + per_request]),
+            seed=tf.constant(seed, tf.int32),
+        )["images"].numpy()
+        for start in range(0, len(images), per_request)
+    ])
     completions = completions.reshape((len(originals), samples) + originals.shape[1:])
     write_inpainting_grid(originals, known, completions, output)
     click.echo(f"wrote {output}: {len(originals)} image(s) x {samples} completion(s), occluded {occlude}, seed {seed}")

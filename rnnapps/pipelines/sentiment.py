@@ -37,7 +37,16 @@ from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_data
 from rnnapps.errors import DataNotFoundError
 from rnnapps.export import Endpoint
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, read_texts, served_model
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    export_limits,
+    export_options,
+    read_texts,
+    served_model,
+    text_requests,
+)
+from rnnapps.request_limits import text_request
 from rnnapps.transfer import init_sentiment_from_autoencoder
 
 LABELS = ("negative", "positive")
@@ -71,6 +80,8 @@ class SentimentConfig(TrainingConfig):
     embeddings_optional: bool = False
     # An autoencoder run directory or export whose embedding and encoder start this model (rnnapps.transfer).
     init_from: str | None = None
+    # Serving: the longest review one request may carry (the model reads at most max_length tokens of it).
+    max_text_bytes: int = 100_000
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=400, max_length=48, embedding_dim=8, units=8,
@@ -91,6 +102,7 @@ class SentimentPipeline(Pipeline):
     config_class = SentimentConfig
     monitor = "val_accuracy"
     monitor_mode = "max"
+    request_limit_fields = ("max_request_batch", "max_text_bytes")
 
     def load_data(self, config: SentimentConfig, data_dir: Path | None) -> Datasets:
         splits = imdb.load_imdb(data_dir)
@@ -211,7 +223,7 @@ class SentimentPipeline(Pipeline):
             return {"probability": probability, "label": tf.where(probability >= 0.5, LABELS[1], LABELS[0])}
 
         def classify(text):
-            return outputs(model(text, training=False))
+            return outputs(model(text_request(text, config), training=False))
 
         to_ids = keras.Model(model.input, model.get_layer("clip_length").output, name="to_ids")
         from_ids = keras.Model(model.get_layer("clip_length").output, model.output, name="from_ids")
@@ -220,14 +232,14 @@ class SentimentPipeline(Pipeline):
             return from_ids(ids, training=False)
 
         # XLA compiles once per input shape: pad steps to max_length (masked, so results are
-        # unchanged) and the batch to a power of two, so at most ~11 programs ever get compiled.
-        batch_buckets = tf.constant([2**k for k in range(11)], tf.int32)
+        # unchanged) and the batch to the next power of two. Batches over max_request_batch are
+        # refused, so at most ceil(log2(max_request_batch)) + 1 programs are ever compiled.
+        batch_buckets = tf.constant(xla_batch_buckets(config.max_request_batch), tf.int32)
 
         def classify_xla(text):
-            ids = to_ids(text, training=False)
+            ids = to_ids(text_request(text, config), training=False)
             batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
-            bucket = tf.searchsorted(batch_buckets, tf.reshape(batch, [1]), side="left")[0]
-            padded_batch = tf.where(bucket < 11, tf.gather(batch_buckets, tf.minimum(bucket, 10)), batch)
+            padded_batch = tf.gather(batch_buckets, tf.searchsorted(batch_buckets, tf.reshape(batch, [1]))[0])
             ids = tf.pad(ids, [[0, padded_batch - batch], [0, config.max_length - steps]])
             return outputs(compiled(ids)[:batch])
 
@@ -235,6 +247,14 @@ class SentimentPipeline(Pipeline):
             "serving_default": Endpoint(classify, text_spec),
             "serving_xla": Endpoint(classify_xla, text_spec),
         }
+
+
+def xla_batch_buckets(max_request_batch: int) -> list[int]:
+    """The batch sizes ``serving_xla`` compiles: powers of two up to the first that holds ``max_request_batch``."""
+    buckets = [1]
+    while buckets[-1] < max_request_batch:
+        buckets.append(buckets[-1] * 2)
+    return buckets
 
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -274,11 +294,12 @@ def predict_command(texts, model_path, export_dir):
       cut -f1 reviews.tsv | rnnapps predict sentiment --model saved_models/sentiment/3
     """
     texts = read_texts(texts)
-    loaded, _ = served_model("sentiment", model_path, export_dir)
-    outputs = loaded.signatures["serving_default"](text=tf.constant(list(texts), tf.string))
-    for text, label, probability in zip(texts, outputs["label"].numpy(), outputs["probability"].numpy(), strict=True):
-        snippet = text if len(text) <= 70 else text[:67] + "..."
-        click.echo(f"{label.decode()}\t{probability:.4f}\t{snippet}")
+    loaded, path = served_model("sentiment", model_path, export_dir)
+    for batch in text_requests(texts, export_limits(path, SentimentConfig)):
+        outputs = loaded.signatures["serving_default"](text=tf.constant(batch, tf.string))
+        for text, label, probability in zip(batch, outputs["label"].numpy(), outputs["probability"].numpy(), strict=True):
+            snippet = text if len(text) <= 70 else text[:67] + "..."
+            click.echo(f"{label.decode()}\t{probability:.4f}\t{snippet}")
 
 
 PIPELINE = SentimentPipeline()

@@ -50,7 +50,14 @@ from rnnapps.models.char_lm import (
     stream_cross_entropy,
 )
 from rnnapps.models.char_text import CharTextModel, PrintSample, generate_text, make_sampler
-from rnnapps.pipelines.base import Datasets, Pipeline, export_options, served_model
+from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.request_limits import (
+    batch_at_most,
+    count_within,
+    finite_at_least_zero,
+    guarded,
+    text_length_at_most,
+)
 
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 
@@ -73,6 +80,11 @@ class TextgenConfig(TrainingConfig):
     sample_length: int = 300
     sample_temperature: float = 0.8
     sample_prompt: str = "ROMEO:"
+    # Serving: every row of a request is generated one character at a time, so a request costs about
+    # rows x (prompt + length) steps of the LSTM; these keep the worst one to seconds.
+    max_request_batch: int = 16
+    max_generate_length: int = 5000
+    max_prompt_length: int = 5000
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=2, batch_size=4, sequence_length=24, learning_rate=0.01, embedding_dim=8, units=16,
@@ -104,6 +116,7 @@ class TextgenPipeline(Pipeline):
     config_class = TextgenConfig
     monitor = "val_loss"
     monitor_mode = "min"
+    request_limit_fields = ("max_request_batch", "max_generate_length", "max_prompt_length")
 
     def load_data(self, config: TextgenConfig, data_dir: Path | None) -> Datasets:
         if config.cell not in CELL_TYPES:
@@ -171,6 +184,13 @@ class TextgenPipeline(Pipeline):
 
     def serving(self, model: CharTextModel, config) -> dict[str, Endpoint]:
         def generate_rows(prompt, length, temperature, seed, top_k):
+            prompt, length, temperature, top_k = guarded([
+                batch_at_most(prompt, "prompt", config.max_request_batch),
+                text_length_at_most(prompt, "prompt", config.max_prompt_length, "max_prompt_length", "UTF8_CHAR"),
+                count_within(length, "length", config.max_generate_length, "max_generate_length"),
+                finite_at_least_zero(temperature, "temperature"),
+                count_within(top_k, "top_k", len(model.vocabulary), "vocabulary_size"),
+            ], prompt, length, temperature, top_k)
             rows = tf.shape(prompt)[0]
             # Rows are generated one by one so that each row's text depends only on
             # its own prompt, length, temperature and seed, not on the rest of the batch.
@@ -209,7 +229,8 @@ class TextgenPipeline(Pipeline):
 
 @click.command("textgen")
 @click.option("--prompt", default="", show_default=True, help="Text to continue (may be empty).")
-@click.option("--length", type=click.IntRange(min=0), default=400, show_default=True, help="Characters to generate.")
+@click.option("--length", type=click.IntRange(0, TextgenConfig.max_generate_length), default=400, show_default=True,
+              help="Characters to generate (at most the export's max_generate_length).")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
               help="Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
@@ -224,10 +245,16 @@ def predict_command(prompt, length, temperature, top_k, seed, model_path, export
       rnnapps predict textgen --prompt "ROMEO:" --length 400 --temperature 0.8
       rnnapps predict textgen --prompt "KING:" --top-k 5 --seed 7 --model saved_models/textgen/2
     """
+    if not math.isfinite(temperature):
+        raise click.BadParameter(f"{temperature} is not a finite number", param_hint="--temperature")
     if seed is None:
         seed = secrets.randbelow(2**31)
         click.echo(f"seed: {seed}", err=True)
-    loaded, _ = served_model("textgen", model_path, export_dir)
+    loaded, path = served_model("textgen", model_path, export_dir)
+    limits = export_limits(path, TextgenConfig)
+    for name, value, limit in (("--length", length, "max_generate_length"), ("--prompt", len(prompt), "max_prompt_length")):
+        if value > limits[limit]:
+            raise click.BadParameter(f"{value} is over the export's {limit}={limits[limit]}", param_hint=name)
     inputs = dict(
         prompt=tf.constant([prompt], tf.string),
         length=tf.constant([length], tf.int32),

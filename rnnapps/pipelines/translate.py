@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -61,7 +60,8 @@ from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
 from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES
 from rnnapps.models.translator import END_ID, END_TOKEN, START_ID, START_TOKEN, Translator
-from rnnapps.pipelines.base import Datasets, Pipeline
+from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, read_texts, text_requests
+from rnnapps.request_limits import text_request
 
 # Sentences translated per call in evaluation.
 EVALUATION_BATCH = 100
@@ -95,6 +95,9 @@ class TranslateConfig(TrainingConfig):
     bucket_width: int = 4
     # Halve the learning rate when the validation loss stops improving (0 disables).
     lr_decay_patience: int = 0
+    # Serving: a request decodes up to max_decode_length steps for each of beam_width hypotheses of every text.
+    max_request_batch: int = 256
+    max_text_bytes: int = 20_000
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=4, learning_rate=0.01, source_vocab_size=200, target_vocab_size=200,
@@ -234,6 +237,7 @@ class TranslatePipeline(Pipeline):
     config_class = TranslateConfig
     monitor = "val_loss"
     monitor_mode = "min"
+    request_limit_fields = ("max_request_batch", "max_text_bytes")
 
     def load_data(self, config: TranslateConfig, data_dir: Path | None) -> Datasets:
         config.validate()
@@ -318,14 +322,14 @@ class TranslatePipeline(Pipeline):
         text_spec = [tf.TensorSpec([None], tf.string, name="text")]
 
         def translate(text):
-            return {"translation": model.translate(text)["translation"]}
+            return {"translation": model.translate(text_request(text, config))["translation"]}
 
         def translate_with_attention(text):
-            outputs = model.translate(text)
+            outputs = model.translate(text_request(text, config))
             return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
 
         def translate_greedy(text):
-            outputs = model.translate(text, beam_width=1)
+            outputs = model.translate(text_request(text, config), beam_width=1)
             return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
 
         return {
@@ -364,25 +368,27 @@ def predict_command(texts, plot_path, beam_width, model_path, export_dir):
       rnnapps predict translate "Ein Mann fährt Fahrrad."
       rnnapps predict translate --plot attention.png --beam-width 1 "Zwei Hunde spielen im Schnee."
     """
-    if not texts:
-        if sys.stdin.isatty():
-            raise click.UsageError("give texts to translate as arguments or pipe them in, one per line")
-        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    texts = read_texts(texts)
     model_path = Path(model_path or latest_export(export_dir, "translate"))
     exported_width = read_metadata(model_path).get("config", {}).get("beam_width")
-    batch = tf.constant(list(texts), tf.string)
     if beam_width is not None and beam_width not in (1, exported_width):
         model = _keras_model_for(model_path)
-        outputs = {key: value.numpy() for key, value in model.translate(batch, beam_width=beam_width).items()}
+
+        def translate_batch(batch):
+            return model.translate(batch, beam_width=beam_width)
     else:
         loaded = load_export(model_path)
         signature = "translate_greedy" if beam_width == 1 and exported_width != 1 else "translate_with_attention"
-        outputs = {key: value.numpy() for key, value in loaded.signatures[signature](text=batch).items()}
-    for translation in outputs["translation"]:
-        click.echo(translation.decode("utf-8"))
-    if plot_path:
-        plot_attention(outputs, 0, plot_path, title=texts[0][:60])
-        click.echo(f"attention plot: {plot_path}", err=True)
+
+        def translate_batch(batch):
+            return loaded.signatures[signature](text=batch)
+    for index, batch in enumerate(text_requests(texts, export_limits(model_path, TranslateConfig))):
+        outputs = {key: value.numpy() for key, value in translate_batch(tf.constant(batch, tf.string)).items()}
+        for translation in outputs["translation"]:
+            click.echo(translation.decode("utf-8"))
+        if plot_path and index == 0:
+            plot_attention(outputs, 0, plot_path, title=texts[0][:60])
+            click.echo(f"attention plot: {plot_path}", err=True)
 
 
 PIPELINE = TranslatePipeline()

@@ -1,0 +1,241 @@
+"""Every pipeline's export as a public TensorFlow Serving endpoint sees it.
+
+For each pipeline's shared smoke export (tests/conftest.py), and every signature in it:
+- it loads through the C++ server's path (TF1 session, ``serve`` tag, tensor names) and answers
+  as ``tf.saved_model.load`` does, and ``saved_model_cli`` reports it as a predict signature;
+- a hostile request (over a limit, negative, NaN) fails at once with ``InvalidArgumentError``
+  naming the input, its value and the limit, and the export then still answers;
+- 8 threads x 25 calls give exactly the single-threaded answers (sampling with fixed seeds too).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from rnnapps.cli import cli
+from rnnapps.export import read_metadata
+from rnnapps.pipelines import get_pipeline
+from tests.serving_checks import (
+    PREDICT_METHOD,
+    SessionModel,
+    assert_same_answers,
+    object_call,
+    saved_model_cli_show,
+)
+
+PIPELINES = ("sentiment", "ner", "translate", "autoencoder", "textgen", "pixelrnn", "draw")
+THREADS, CALLS_PER_THREAD = 8, 25
+# A refused request must come back at once; the cap only guards against a hang or a huge allocation.
+REFUSAL_SECONDS = 20.0
+
+
+def _digits(count: int, channels: bool = False) -> np.ndarray:
+    images = (np.random.default_rng(count).random((count, 28, 28)) < 0.3).astype(np.uint8)
+    return images[..., None] if channels else images
+
+
+def _almost_known_mask(count: int) -> np.ndarray:
+    # Three unknown pixels: inpainting then costs three forward passes, not 784.
+    mask = np.ones((count, 28, 28), np.uint8)
+    mask[:, 27, 25:] = 0
+    return mask
+
+
+TEXTS = ["A wonderful, moving film.", "", "Zwei Hunde spielen im Schnee.", "Ça alors 🎬"]
+PROMPTS = dict(prompt=["ROMEO:", ""], length=[12, 5], temperature=[0.8, 0.0], seed=[1, 2])
+
+#: One ordinary request for every signature of every export.
+REQUESTS = {
+    "sentiment": {name: dict(text=TEXTS) for name in ("serving_default", "serving_xla")},
+    "ner": {
+        "serving_default": dict(tokens=[["EU", "rejects", "German", "call"], ["Peter", "Blackburn", "", ""]]),
+        "tag_text": dict(text=["EU rejects German call to boycott British lamb .", ""]),
+    },
+    "translate": {name: dict(text=TEXTS) for name in ("serving_default", "translate_with_attention",
+                                                      "translate_greedy")},
+    "autoencoder": {
+        **{name: dict(text=TEXTS) for name in ("serving_default", "encode", "reconstruct")},
+        "vocabulary": {},
+    },
+    "textgen": {
+        "serving_default": PROMPTS,
+        "generate": PROMPTS,
+        "generate_top_k": dict(PROMPTS, top_k=[3, 0]),
+    },
+    "pixelrnn": {
+        **{name: dict(images=_digits(2), mask=_almost_known_mask(2), seed=3) for name in ("serving_default", "inpaint")},
+        **{name: dict(images=_digits(3)) for name in ("log_prob", "log_likelihood")},
+        "sample": dict(num=1, seed=5),
+    },
+    "draw": {
+        **{name: dict(num=2, seed=1) for name in ("serving_default", "generate")},
+        "reconstruct": dict(images=_digits(2, channels=True)),
+    },
+}
+
+#: (pipeline, signature, what changes from the ordinary request, what the error must say)
+HOSTILE = [
+    ("sentiment", "serving_default", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("sentiment", "serving_default", dict(text=["a" * 100_001]), "text: a string of 100001 bytes is over max_text_bytes=100000"),
+    ("sentiment", "serving_xla", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("sentiment", "serving_xla", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
+    ("ner", "serving_default", dict(tokens=[["EU"] * 1001]), "tokens: 1001 tokens in a sentence is over max_sentence_tokens=1000"),
+    ("ner", "serving_default", dict(tokens=[["EU"]] * 1025), "tokens: a batch of 1025 is over max_request_batch=1024"),
+    ("ner", "tag_text", dict(text=["EU " * 1001]), "text: 1001 tokens in a sentence is over max_sentence_tokens=1000"),
+    ("ner", "tag_text", dict(text=["x" * 20_001]), "text: a string of 20001 bytes is over max_text_bytes=20000"),
+    ("ner", "tag_text", dict(text=["EU"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("translate", "serving_default", dict(text=["Ein Mann."] * 257), "text: a batch of 257 is over max_request_batch=256"),
+    ("translate", "translate_with_attention", dict(text=["x" * 20_001]), "max_text_bytes=20000"),
+    ("translate", "translate_greedy", dict(text=["Ein Mann."] * 257), "max_request_batch=256"),
+    ("autoencoder", "encode", dict(text=["a film"] * 257), "text: a batch of 257 is over max_request_batch=256"),
+    ("autoencoder", "reconstruct", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
+    ("autoencoder", "serving_default", dict(text=["a film"] * 257), "max_request_batch=256"),
+    ("textgen", "generate", dict(length=[2**31 - 1, 5]), "length=2147483647 is over max_generate_length=5000"),
+    ("textgen", "generate", dict(length=[10**8, 5]), "length=100000000 is over max_generate_length=5000"),
+    ("textgen", "serving_default", dict(length=[-1, 5]), "length=-1 is negative"),
+    ("textgen", "generate", dict(temperature=[float("nan"), 1.0]), "temperature=nan must be a finite number >= 0"),
+    ("textgen", "generate", dict(temperature=[-0.5, 1.0]), "temperature=-0.5 must be a finite number >= 0"),
+    ("textgen", "generate", dict(temperature=[float("inf"), 1.0]), "temperature=inf must be a finite number >= 0"),
+    ("textgen", "generate_top_k", dict(top_k=[-1, 0]), "top_k=-1 is negative"),
+    ("textgen", "generate_top_k", dict(top_k=[10**6, 0]), "top_k=1000000 is over vocabulary_size="),
+    ("textgen", "generate", dict(prompt=["x" * 10**6, ""]), "prompt: a string of 1000000 characters is over max_prompt_length=5000"),
+    ("textgen", "generate", dict(prompt=["x"] * 17, length=[1], temperature=[1.0], seed=[0]),
+     "prompt: a batch of 17 is over max_request_batch=16"),
+    ("pixelrnn", "sample", dict(num=10**6), "num=1000000 is over max_samples=64"),
+    ("pixelrnn", "sample", dict(num=-1), "num=-1 is negative"),
+    ("pixelrnn", "inpaint", dict(images=_digits(65), mask=_almost_known_mask(65)), "images: a batch of 65 is over max_samples=64"),
+    ("pixelrnn", "serving_default", dict(images=_digits(65), mask=_almost_known_mask(65)), "max_samples=64"),
+    ("pixelrnn", "log_prob", dict(images=_digits(1025)), "images: a batch of 1025 is over max_request_batch=1024"),
+    ("pixelrnn", "log_likelihood", dict(images=_digits(1025)), "max_request_batch=1024"),
+    ("draw", "generate", dict(num=10**6), "num=1000000 is over max_samples=256"),
+    ("draw", "serving_default", dict(num=-3), "num=-3 is negative"),
+    ("draw", "reconstruct", dict(images=_digits(1025, channels=True)), "images: a batch of 1025 is over max_request_batch=1024"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(canonical_run):
+    """``served(pipeline) -> (SmokeRun, SessionModel, tf.saved_model.load object)``, each loaded once."""
+    cache = {}
+
+    def get(pipeline):
+        if pipeline not in cache:
+            run = canonical_run(pipeline)
+            cache[pipeline] = (run, SessionModel(run.export), tf.saved_model.load(str(run.export)))
+        return cache[pipeline]
+
+    yield get
+    for _, session_model, _ in cache.values():
+        session_model.close()
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_c_plus_plus_loader_path_answers_like_the_python_loader(pipeline, served):
+    run, session_model, loaded = served(pipeline)
+    assert set(session_model.signatures) == set(REQUESTS[pipeline]) == set(loaded.signatures), (
+        "every signature of the export has an ordinary request here"
+    )
+    for signature, request in REQUESTS[pipeline].items():
+        assert session_model.signatures[signature].method_name == PREDICT_METHOD, signature
+        assert_same_answers(session_model(signature, **request), object_call(loaded, signature, **request))
+
+
+def test_saved_model_cli_reports_every_signature_as_predict(served):
+    exports = {pipeline: served(pipeline) for pipeline in PIPELINES}
+    # One saved_model_cli process per export, side by side: each spends seconds importing TensorFlow.
+    with ThreadPoolExecutor(len(exports)) as pool:
+        shown = dict(zip(exports, pool.map(lambda item: saved_model_cli_show(item[0].export), exports.values()),
+                         strict=True))
+    for pipeline, (_, session_model, _) in exports.items():
+        for signature in session_model.signatures:
+            block = shown[pipeline].split(f"signature_def['{signature}']:")[1].split("signature_def[")[0]
+            assert f"Method name is: {PREDICT_METHOD}" in block, (pipeline, signature)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_export_records_its_request_limits(pipeline, served):
+    run, _, _ = served(pipeline)
+    limits = read_metadata(run.export)["request_limits"]
+    assert limits == get_pipeline(pipeline).request_limits(run.result.config)
+    assert "max_request_batch" in limits and all(isinstance(value, int) and value > 0 for value in limits.values())
+
+
+@pytest.mark.parametrize(("pipeline", "signature", "change", "message"), HOSTILE,
+                         ids=[f"{p}-{s}-{m.split('=')[0].split(': ')[-1]}" for p, s, _, m in HOSTILE])
+def test_a_hostile_request_is_refused_at_once_and_the_export_still_answers(pipeline, signature, change, message,
+                                                                          served):
+    _, session_model, loaded = served(pipeline)
+    ordinary = REQUESTS[pipeline][signature]
+    hostile = {**ordinary, **change}
+    for call in (lambda **inputs: session_model(signature, **inputs),
+                 lambda **inputs: object_call(loaded, signature, **inputs)):
+        started = time.perf_counter()
+        with pytest.raises(tf.errors.InvalidArgumentError, match="request refused") as refused:
+            call(**hostile)
+        assert time.perf_counter() - started < REFUSAL_SECONDS
+        assert message in str(refused.value), str(refused.value)[-500:]
+        answer = call(**ordinary)
+        assert answer and all(np.asarray(value).size >= 0 for value in answer.values())
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_eight_threads_get_the_single_threaded_answers(pipeline, served):
+    _, session_model, loaded = served(pipeline)
+    # PixelRNN's sample visits all 784 pixels a call; inpaint runs the same sampler (seeded) on three.
+    requests = [(name, request) for name, request in REQUESTS[pipeline].items()
+                if (pipeline, name) != ("pixelrnn", "sample")]
+    for call in (session_model, lambda signature, **inputs: object_call(loaded, signature, **inputs)):
+        expected = [call(signature, **request) for signature, request in requests]
+
+        def worker(thread: int):
+            answers = []
+            for index in range(CALLS_PER_THREAD):
+                which = (thread + index) % len(requests)
+                signature, request = requests[which]
+                answers.append((which, call(signature, **request)))
+            return answers
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = list(pool.map(worker, range(THREADS)))
+        assert sum(len(answers) for answers in results) == THREADS * CALLS_PER_THREAD
+        for answers in results:
+            for which, answer in answers:
+                assert_same_answers(answer, expected[which], atol=0.0)
+
+
+def test_xla_batches_are_padded_to_a_bounded_set_of_buckets():
+    from rnnapps.pipelines.sentiment import xla_batch_buckets
+
+    assert xla_batch_buckets(1024) == [2**k for k in range(11)]
+    assert xla_batch_buckets(1000)[-1] == 1024 and xla_batch_buckets(1) == [1]
+
+
+def test_predict_verbs_share_the_limits(served, tmp_path):
+    runner = CliRunner()
+    textgen, _, _ = served("textgen")
+    too_long = runner.invoke(cli, ["predict", "textgen", "--model", str(textgen.export), "--length", "5001"])
+    assert too_long.exit_code == 2 and "5000" in too_long.output
+    too_long_prompt = runner.invoke(
+        cli, ["predict", "textgen", "--model", str(textgen.export), "--seed", "1", "--prompt", "x" * 5001]
+    )
+    assert too_long_prompt.exit_code == 2 and "max_prompt_length=5000" in too_long_prompt.output
+    nan = runner.invoke(cli, ["predict", "textgen", "--model", str(textgen.export), "--temperature", "nan"])
+    assert nan.exit_code == 2 and "finite" in nan.output
+    draw, _, _ = served("draw")
+    too_many = runner.invoke(cli, ["predict", "draw", "--model", str(draw.export), "--samples", "257",
+                                   "--output", str(tmp_path)])
+    assert too_many.exit_code == 2 and "256" in too_many.output
+    sentiment, _, _ = served("sentiment")
+    huge = runner.invoke(cli, ["predict", "sentiment", "--model", str(sentiment.export), "a" * 100_001])
+    assert huge.exit_code == 2 and "max_text_bytes=100000" in huge.output
+    # More texts than one request may carry are sent as several requests.
+    many = runner.invoke(cli, ["predict", "sentiment", "--model", str(sentiment.export)],
+                         input="".join(f"review {index}\n" for index in range(1030)))
+    assert many.exit_code == 0, many.output
+    assert len(many.output.strip().splitlines()) == 1030
