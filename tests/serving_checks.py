@@ -36,10 +36,13 @@ class SessionModel:
             if name != "__saved_model_init_op"
         }
 
-    def input_specs(self, signature: str) -> dict[str, tuple[tf.DType, list[int]]]:
-        """``{input name: (dtype, shape with -1 for unknown)}`` as the signature_def declares them."""
+    def input_specs(self, signature: str) -> dict[str, tuple[tf.DType, list[int] | None]]:
+        """``{input name: (dtype, shape)}`` as the signature_def declares them (-1: any size; None: any rank)."""
         return {
-            name: (tf.as_dtype(info.dtype), [dim.size for dim in info.tensor_shape.dim])
+            name: (
+                tf.as_dtype(info.dtype),
+                None if info.tensor_shape.unknown_rank else [dim.size for dim in info.tensor_shape.dim],
+            )
             for name, info in self.signatures[signature].inputs.items()
         }
 

@@ -10,8 +10,11 @@ For each pipeline's shared smoke export (tests/conftest.py), and every signature
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,7 +196,7 @@ def test_eight_threads_get_the_single_threaded_answers(pipeline, served):
     for call in (session_model, lambda signature, **inputs: object_call(loaded, signature, **inputs)):
         expected = [call(signature, **request) for signature, request in requests]
 
-        def worker(thread: int):
+        def worker(thread: int, call=call):
             answers = []
             for index in range(CALLS_PER_THREAD):
                 which = (thread + index) % len(requests)
@@ -239,3 +242,60 @@ def test_predict_verbs_share_the_limits(served, tmp_path):
                          input="".join(f"review {index}\n" for index in range(1030)))
     assert many.exit_code == 0, many.output
     assert len(many.output.strip().splitlines()) == 1030
+
+
+# --- the requests in docs/serving.md ----------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+SNIPPET = re.compile(r"<!-- request: (rest|grpc) (\w+) -->\s*```python\n(.*?)```", re.S)
+
+
+def _documented_requests() -> dict[tuple[str, str], str]:
+    return {(kind, pipeline): code for kind, pipeline, code in SNIPPET.findall(DOCS.read_text(encoding="utf-8"))}
+
+
+def _run_snippet(code: str) -> dict:
+    from tensorflow_serving.apis import predict_pb2
+
+    namespace = {"json": json, "np": np, "tf": tf, "predict_pb2": predict_pb2}
+    exec(code, namespace)  # noqa: S102 - the docs' own example code
+    return namespace
+
+
+def _check_inputs_match_the_signature(inputs: dict, session_model: SessionModel) -> None:
+    specs = session_model.input_specs("serving_default")
+    assert set(inputs) == set(specs), f"documented inputs {sorted(inputs)} != the export's {sorted(specs)}"
+    for name, (dtype, shape) in specs.items():
+        value = np.asarray(inputs[name], dtype=dtype.as_numpy_dtype)
+        if shape is not None:
+            assert value.ndim == len(shape), f"{name}: rank {value.ndim}, the signature takes {shape}"
+            for got, want in zip(value.shape, shape, strict=True):
+                assert want in (-1, got), f"{name}: shape {value.shape}, the signature takes {shape}"
+
+
+def test_the_docs_show_a_rest_and_a_grpc_request_for_every_pipeline():
+    assert set(_documented_requests()) == {(kind, pipeline) for kind in ("rest", "grpc") for pipeline in PIPELINES}
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_documented_rest_body_is_answered_by_the_export(pipeline, served):
+    _, session_model, _ = served(pipeline)
+    body = json.loads(json.dumps(_run_snippet(_documented_requests()[("rest", pipeline)])["body"]))
+    assert body["signature_name"] == "serving_default"
+    _check_inputs_match_the_signature(body["inputs"], session_model)
+    answer = session_model("serving_default", **body["inputs"])
+    assert set(answer) == set(session_model.signatures["serving_default"].outputs)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_documented_grpc_request_is_answered_by_the_export(pipeline, served):
+    _, session_model, _ = served(pipeline)
+    request = _run_snippet(_documented_requests()[("grpc", pipeline)])["request"]
+    assert (request.model_spec.name, request.model_spec.signature_name) == (pipeline, "serving_default")
+    specs = session_model.input_specs("serving_default")
+    for name, proto in request.inputs.items():
+        assert name in specs and tf.as_dtype(proto.dtype) == specs[name][0], (name, proto.dtype)
+    inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+    _check_inputs_match_the_signature(inputs, session_model)
+    answer = session_model("serving_default", **inputs)
+    assert set(answer) == set(session_model.signatures["serving_default"].outputs)
