@@ -49,6 +49,9 @@ class TrainingConfig:
     steps_per_epoch: int | None = None
     # Use at most this many training examples (None: all); for quick experiments.
     max_train_examples: int | None = None
+    # Validate and test on at most this many examples each (None: all). The smoke presets set it so
+    # that they take seconds on the real datasets too; a result reported as a test score must not.
+    max_eval_examples: int | None = None
     # Stop training after this many minutes (None: no limit); the best epoch's weights are kept.
     # The budget is per session: `--resume` continues a budgeted run for another one.
     time_budget_minutes: float | None = None
