@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common  # noqa: E402
 from rnnapps.config import parse_set_options  # noqa: E402
 from rnnapps.data.images import load_images  # noqa: E402
-from rnnapps.pipelines.pixelrnn import occlusion_mask, spread_indices, write_inpainting_grid  # noqa: E402
+from rnnapps.pipelines.base import spread_indices  # noqa: E402
+from rnnapps.pipelines.pixelrnn import occlusion_mask, write_inpainting_grid  # noqa: E402
 from rnnapps.runtime import TimeBudget  # noqa: E402
 
 

@@ -231,3 +231,28 @@ def test_bad_arguments_are_named(kwargs, message):
     arguments = {"start_id": START, "end_id": END, "max_length": 3, "beam_width": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         beam_search_decode(markov_step_fn(trap_table()), initial_states(1), **arguments)
+
+
+def test_n_best_keeps_every_hypothesis_best_first():
+    rng = np.random.default_rng(5)
+    rows, vocab, max_length, beam = 3, 5, 4, 3
+    tables = rng.dirichlet(np.full(vocab, 0.5), size=(rows, vocab))
+    arguments = (markov_step_fn(tables), initial_states(rows), START, END, max_length, beam)
+    best = beam_search_decode(*arguments, length_penalty=0.6)
+    every = beam_search_decode(*arguments, length_penalty=0.6, n_best=True)
+    assert tuple(every.ids.shape) == (rows, beam, max_length) and tuple(every.scores.shape) == (rows, beam)
+    np.testing.assert_array_equal(every.ids[:, 0], best.ids)
+    np.testing.assert_allclose(every.scores[:, 0], best.scores, rtol=1e-6)
+    np.testing.assert_array_equal(every.extras[:, 0], best.extras)
+    ranked = every.scores.numpy() / ((5.0 + every.lengths.numpy()) / 6.0) ** 0.6
+    assert (np.diff(ranked, axis=1) <= 1e-6).all(), "hypotheses are not best first"
+    for row in range(rows):
+        hypotheses = {tuple(as_list(every.ids[row, k], int(every.lengths[row, k]))) for k in range(beam)}
+        assert len(hypotheses) == beam, "the beam holds the same hypothesis twice"
+        for k in range(beam):
+            # Each score is the summed log-probability of its own tokens.
+            tokens, previous, log_prob = as_list(every.ids[row, k], int(every.lengths[row, k])), START, 0.0
+            for token in tokens:
+                log_prob += np.log(max(tables[row, previous, token], 1e-12))
+                previous = token
+            np.testing.assert_allclose(float(every.scores[row, k]), log_prob, rtol=1e-4)

@@ -55,13 +55,13 @@ PROMPTS = dict(prompt=["ROMEO:", ""], length=[12, 5], temperature=[0.8, 0.0], se
 
 #: One ordinary request for every signature of every export.
 REQUESTS = {
-    "sentiment": {name: dict(text=TEXTS) for name in ("serving_default", "serving_xla")},
+    "sentiment": {name: dict(text=TEXTS) for name in ("serving_default", "serving_xla", "explain")},
     "ner": {
         "serving_default": dict(tokens=[["EU", "rejects", "German", "call"], ["Peter", "Blackburn", "", ""]]),
         "tag_text": dict(text=["EU rejects German call to boycott British lamb .", ""]),
     },
     "translate": {name: dict(text=TEXTS) for name in ("serving_default", "translate_with_attention",
-                                                      "translate_greedy")},
+                                                      "translate_greedy", "translate_n_best")},
     "autoencoder": {
         **{name: dict(text=TEXTS) for name in ("serving_default", "encode", "reconstruct")},
         "vocabulary": {},
@@ -88,6 +88,8 @@ HOSTILE = [
     ("sentiment", "serving_default", dict(text=["a" * 100_001]), "text: a string of 100001 bytes is over max_text_bytes=100000"),
     ("sentiment", "serving_xla", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
     ("sentiment", "serving_xla", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
+    ("sentiment", "explain", dict(text=["fine"] * 33), "text: a batch of 33 is over max_explain_batch=32"),
+    ("sentiment", "explain", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
     ("ner", "serving_default", dict(tokens=[["EU"] * 1001]), "tokens: 1001 tokens in a sentence is over max_sentence_tokens=1000"),
     ("ner", "serving_default", dict(tokens=[["EU"]] * 1025), "tokens: a batch of 1025 is over max_request_batch=1024"),
     ("ner", "tag_text", dict(text=["EU " * 1001]), "text: 1001 tokens in a sentence is over max_sentence_tokens=1000"),
@@ -96,6 +98,8 @@ HOSTILE = [
     ("translate", "serving_default", dict(text=["Ein Mann."] * 257), "text: a batch of 257 is over max_request_batch=256"),
     ("translate", "translate_with_attention", dict(text=["x" * 20_001]), "max_text_bytes=20000"),
     ("translate", "translate_greedy", dict(text=["Ein Mann."] * 257), "max_request_batch=256"),
+    ("translate", "translate_n_best", dict(text=["Ein Mann."] * 257), "max_request_batch=256"),
+    ("translate", "translate_n_best", dict(text=["x" * 20_001]), "max_text_bytes=20000"),
     ("autoencoder", "encode", dict(text=["a film"] * 257), "text: a batch of 257 is over max_request_batch=256"),
     ("autoencoder", "reconstruct", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
     ("autoencoder", "serving_default", dict(text=["a film"] * 257), "max_request_batch=256"),
@@ -299,3 +303,65 @@ def test_the_documented_grpc_request_is_answered_by_the_export(pipeline, served)
     _check_inputs_match_the_signature(inputs, session_model)
     answer = session_model("serving_default", **inputs)
     assert set(answer) == set(session_model.signatures["serving_default"].outputs)
+
+
+def test_translate_n_best_starts_with_the_served_translation_and_is_best_first(served):
+    run, session_model, loaded = served("translate")
+    beam_width = run.result.config.beam_width
+    every = session_model("translate_n_best", text=TEXTS)
+    assert every["translations"].shape == every["scores"].shape == (len(TEXTS), beam_width)
+    np.testing.assert_array_equal(every["translations"][:, 0], session_model("serving_default", text=TEXTS)["translation"])
+    assert (np.diff(every["scores"], axis=1) <= 1e-6).all()
+    printed = CliRunner().invoke(cli, ["predict", "translate", "--model", str(run.export), "--n-best", str(beam_width),
+                                       *TEXTS[:2]])
+    assert printed.exit_code == 0, printed.output
+    blocks = printed.output.strip("\n").split("\n\n")
+    assert len(blocks) == 2 and all(len(block.splitlines()) == beam_width for block in blocks)
+    first = blocks[0].splitlines()[0].split("\t")
+    assert first[0] == "1" and first[2] == every["translations"][0, 0].decode()
+    too_many = CliRunner().invoke(cli, ["predict", "translate", "--model", str(run.export),
+                                        "--n-best", str(beam_width + 1), "Ein Mann."])
+    assert too_many.exit_code == 2 and f"beam_width={beam_width}" in too_many.output
+
+
+# --- sentiment explain ------------------------------------------------------------------------
+
+def test_explain_attributions_add_up_to_the_logit_over_the_baseline(served):
+    run, session_model, _ = served("sentiment")
+    reviews = ["the film was wonderful and the plot superb", "awful , boring and dull", "", "zzzz qqqq the"]
+    explained = session_model("explain", text=reviews)
+    served_probability = session_model("serving_default", text=reviews)["probability"]
+    np.testing.assert_allclose(explained["probability"], served_probability, atol=1e-5)
+    difference = explained["logit"] - explained["baseline_logit"]
+    totals = explained["attributions"].sum(axis=1)
+    # A midpoint sum of explain_steps points: exact in the limit, within a few percent here.
+    np.testing.assert_allclose(totals, difference, atol=1e-3, rtol=0.05)
+    assert np.abs(difference).max() > 0.1, "the reviews barely move the model: the check above would be vacuous"
+    assert explained["tokens"].shape == explained["attributions"].shape
+    assert (explained["attributions"][explained["tokens"] == b""] == 0).all()
+    assert run.result.config.explain_steps == read_metadata(run.export)["config"]["explain_steps"]
+
+
+def test_the_decisive_word_gets_the_largest_attribution(served):
+    _, session_model, _ = served("sentiment")
+    # In the fixture these words appear only in reviews of one label (tests/fixtures/make_imdb_fixture.py).
+    explained = session_model("explain", text=["the film was wonderful and the plot was a story",
+                                              "the film was dreadful and the plot was a story"])
+    tokens = explained["tokens"].astype(str)
+    for row, word, pick in ((0, "wonderful", np.argmax), (1, "dreadful", np.argmin)):
+        assert tokens[row, pick(explained["attributions"][row])] == word, (tokens[row], explained["attributions"][row])
+
+
+def test_predict_explain_prints_words_with_their_attributions(served, tmp_path):
+    run, _, _ = served("sentiment")
+    page = tmp_path / "why.html"
+    printed = CliRunner().invoke(cli, ["predict", "sentiment", "--model", str(run.export), "--explain", "--html",
+                                       str(page), "the film was wonderful"])
+    assert printed.exit_code == 0, printed.output
+    line = printed.output.splitlines()[0]
+    label, probability, words = line.split("\t")
+    assert label in ("positive", "negative") and 0 <= float(probability) <= 1
+    assert re.fullmatch(r"(\S+\([+-]\d+\.\d\d\) ?)+", words) and "wonderful(" in words
+    assert "<span" in page.read_text() and "wonderful" in page.read_text()
+    refused = CliRunner().invoke(cli, ["predict", "sentiment", "--model", str(run.export), "--html", str(page), "x"])
+    assert refused.exit_code == 2 and "--explain" in refused.output

@@ -184,7 +184,7 @@ def _tile_beams(tensor, beam_width):
 
 
 def beam_search_decode(
-    step_fn, initial_states, start_id, end_id, max_length, beam_width, length_penalty=0.6
+    step_fn, initial_states, start_id, end_id, max_length, beam_width, length_penalty=0.6, n_best=False
 ) -> DecodeResult:
     """Keep the ``beam_width`` best hypotheses per row; return the best one.
 
@@ -205,10 +205,14 @@ def beam_search_decode(
         max_length: the most tokens generated (EOS included).
         beam_width: hypotheses kept per row (>= 1).
         length_penalty: α of the length penalty (>= 0).
+        n_best: return every surviving hypothesis, not only the best one.
 
     Returns:
         A :class:`DecodeResult` for the best hypothesis of every row; ``scores``
-        are its summed log-probabilities (before the length penalty).
+        are its summed log-probabilities (before the length penalty). With
+        ``n_best=True`` every field gains a beam axis after the batch
+        (``ids`` ``[batch, beam_width, max_length]``), best first by the
+        length-penalised score that the search ranks by.
 
     Example:
 
@@ -319,7 +323,11 @@ def beam_search_decode(
         maximum_iterations=max_length - 1,
     )
 
-    best = tf.argmax(scores / gnmt_length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
+    ranked = scores / gnmt_length_penalty(lengths, alpha)
+    if n_best:
+        best = tf.argsort(ranked, axis=-1, direction="DESCENDING", stable=True)
+    else:
+        best = tf.argmax(ranked, axis=-1, output_type=tf.int32)
     ids = tf.gather(sequences, best, batch_dims=1)
     extras = None
     if flat_extra:

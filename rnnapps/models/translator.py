@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from rnnapps.data.text import detokenize, make_vectorizer, standardize_text
 from rnnapps.models.attention_decoder import AttentionDecoder
-from rnnapps.models.decoding import beam_search_decode, greedy_decode
+from rnnapps.models.decoding import beam_search_decode, gnmt_length_penalty, greedy_decode
 from rnnapps.models.recurrent import RecurrentStack
 from rnnapps.models.sequence import ClipSequenceLength
 
@@ -179,8 +179,11 @@ class Translator(keras.Model):
 
     # -- inference ----------------------------------------------------------------------------
 
-    def decode(self, text, beam_width: int | None = None, max_length: int | None = None):
-        """Decode raw strings: a :class:`~rnnapps.models.decoding.DecodeResult` plus the source ids."""
+    def decode(self, text, beam_width: int | None = None, max_length: int | None = None, n_best: bool = False):
+        """Decode raw strings: a :class:`~rnnapps.models.decoding.DecodeResult` plus the source ids.
+
+        ``n_best=True`` keeps every hypothesis of the beam (a beam axis after the batch), best first.
+        """
         beam_width = self.beam_width if beam_width is None else int(beam_width)
         max_length = self.max_decode_length if max_length is None else int(max_length)
         text = tf.reshape(tf.convert_to_tensor(text, tf.string), [-1])
@@ -206,11 +209,11 @@ class Translator(keras.Model):
             logits = tf.where(banned, -1e9, tf.cast(self.projection(outputs), tf.float32))
             return tf.nn.log_softmax(logits), {**states, "decoder": decoder_states}, weights
 
-        if beam_width == 1:
+        if beam_width == 1 and not n_best:
             result = greedy_decode(step_fn, states, START_ID, END_ID, max_length, batch_size=batch)
         else:
             result = beam_search_decode(step_fn, states, START_ID, END_ID, max_length, beam_width,
-                                        length_penalty=self.length_penalty)
+                                        length_penalty=self.length_penalty, n_best=n_best)
         return result, source_ids
 
     def translate(self, text, beam_width: int | None = None, max_length: int | None = None):
@@ -235,6 +238,22 @@ class Translator(keras.Model):
             "target_tokens": tokens,
             "lengths": result.lengths,
         }
+
+    def translate_n_best(self, text, max_length: int | None = None):
+        """All ``beam_width`` hypotheses of the beam search for raw strings ``(batch,)``, best first.
+
+        Returns ``{translations: string (batch, beam_width), scores: float32 (batch, beam_width)}``;
+        a score is the hypothesis' summed log-probability divided by the GNMT length penalty,
+        the number the search ranks by, so ``translations[:, 0]`` is :meth:`translate`'s answer.
+        """
+        result, _ = self.decode(text, max_length=max_length, n_best=True)
+        # One row per hypothesis, so the joined translations come out dense: (batch * beam_width,).
+        ids = tf.reshape(result.ids, [-1, tf.shape(result.ids)[-1]])
+        words = tf.ragged.boolean_mask(tf.gather(tf.constant(self.target_vocabulary), ids), (ids != 0) & (ids != END_ID))
+        joined = detokenize(tf.strings.reduce_join(words, axis=1, separator=" "))
+        translations = tf.reshape(joined, tf.shape(result.ids)[:2])
+        scores = result.scores / gnmt_length_penalty(result.lengths, self.length_penalty)
+        return {"translations": translations, "scores": tf.cast(scores, tf.float32)}
 
     def get_config(self):
         config = super().get_config()

@@ -60,6 +60,7 @@ from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.pipelines.base import (
     Datasets,
     Pipeline,
+    evaluation_subset,
     export_limits,
     export_options,
     read_texts,
@@ -124,7 +125,8 @@ class AutoencoderConfig(TrainingConfig):
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=8, learning_rate=0.01, vocab_size=200, max_length=16, embedding_dim=8,
                       units=8, code_size=16, decoder_units=16, embedding_dropout=0.0, dropout=0.0, word_dropout=0.0,
-                      bucket_width=4, plot_examples=32, early_stopping_patience=0),
+                      bucket_width=4, plot_examples=32, early_stopping_patience=0, max_train_examples=800,
+                      max_eval_examples=200),
         # The encoder matches the sentiment cpu preset run with --set embeddings=none; the 20k-way
         # softmax dominates the cost, hence 40 tokens, a time budget and 5,000 scored test reviews.
         # Pretraining with it lifts that sentiment run by 0.5-1.1 points (docs/autoencoder.md).
@@ -181,7 +183,13 @@ def load_texts(config: AutoencoderConfig, data_dir: Path | None) -> dict:
         corpus = load_parallel_corpus("multi30k", "de", "en", data_dir, seed=config.seed)
         train, validation, test = ([english for _, english in corpus[split]] for split in ("train", "validation", "test"))
         train = train[: config.max_train_examples] if config.max_train_examples else train
-    return {"train": list(train), "validation": list(validation), "test": list(test), "test_labels": test_labels}
+    limit = config.max_eval_examples
+    return {
+        "train": list(train),
+        "validation": evaluation_subset(list(validation), limit),
+        "test": evaluation_subset(list(test), limit),
+        "test_labels": None if test_labels is None else evaluation_subset(np.asarray(test_labels), limit),
+    }
 
 
 def token_id_dataset(texts, vocabulary, config: AutoencoderConfig, shuffle: bool) -> tf.data.Dataset:

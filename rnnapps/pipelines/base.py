@@ -64,6 +64,21 @@ class Pipeline:
     predict_command = None
 
 
+def spread_indices(total: int, count: int):
+    """``count`` indices spread evenly over ``range(total)``: a split sorted by class still gives a mix."""
+    import numpy as np
+
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
+def evaluation_subset(items, limit: int | None):
+    """At most ``limit`` of ``items`` (a list or array), spread evenly over them; all of them when ``limit`` is None."""
+    if not limit or len(items) <= limit:
+        return items
+    indices = spread_indices(len(items), limit)
+    return items[indices] if hasattr(items, "shape") else [items[index] for index in indices]
+
+
 # --- shared pieces of the pipelines' predict verbs ---------------------------------------------
 
 def export_options(command):

@@ -55,7 +55,14 @@ from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
 from rnnapps.models.draw import DrawModel
-from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    evaluation_subset,
+    export_limits,
+    export_options,
+    served_model,
+)
 from rnnapps.request_limits import batch_at_most, count_within, guarded
 
 DATASETS = ("svhn", "binarized_mnist")
@@ -96,7 +103,7 @@ class DrawConfig(TrainingConfig):
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=2, batch_size=4, learning_rate=3e-3, steps=3, read_glimpse_size=2, write_glimpse_size=3,
                       encoder_units=8, decoder_units=8, latent_size=4, early_stopping_patience=0, sample_examples=4,
-                      reconstruct_examples=2),
+                      reconstruct_examples=2, max_train_examples=256, max_eval_examples=128),
         # Sized for binarized MNIST on 2 CPU cores (the benchmark): T=16 instead of 64, the paper's units,
         # and the paper's no-attention variant. With only 16 glimpses the paper's 2x2 read grid sees
         # too little of the image: after 400 steps the validation bound was 168 nats with read 8 or
@@ -142,7 +149,9 @@ class DrawPipeline(Pipeline):
         splits = load_images(config.dataset, data_dir)
         binary = config.dataset == "binarized_mnist"
         train = splits["train"][: config.max_train_examples or None]
-        validation = splits["validation"][: config.max_validation_examples or None]
+        validation = evaluation_subset(splits["validation"][: config.max_validation_examples or None],
+                                       config.max_eval_examples)
+        test = evaluation_subset(splits["test"], config.max_eval_examples)
 
         def batches(images, shuffle):
             # DrawModel.compute_loss takes the images as their own targets, so batches are images alone.
@@ -151,12 +160,12 @@ class DrawPipeline(Pipeline):
         return Datasets(
             train=batches(train, True),
             validation=batches(validation, False),
-            test=batches(splits["test"], False),
+            test=batches(test, False),
             info={
                 "image_shape": tuple(int(size) for size in train.shape[1:]),
                 "binary": binary,
-                "test_images": splits["test"],
-                "sizes": {"train": len(train), "validation": len(validation), "test": len(splits["test"])},
+                "test_images": test,
+                "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
             },
         )
 

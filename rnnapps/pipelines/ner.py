@@ -50,6 +50,7 @@ from rnnapps.models.tagger import DECODERS, SequenceTagger, TokenFeatures
 from rnnapps.pipelines.base import (
     Datasets,
     Pipeline,
+    evaluation_subset,
     export_limits,
     export_options,
     read_texts,
@@ -95,7 +96,7 @@ class NerConfig(TrainingConfig):
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=4, batch_size=4, learning_rate=0.02, word_embedding_dim=8, min_word_count=1,
                       char_embedding_dim=8, char_filters=8, char_units=4, case_embedding_dim=4, units=8,
-                      dropout=0.0, early_stopping_patience=0),
+                      dropout=0.0, early_stopping_patience=0, max_train_examples=400, max_eval_examples=200),
         "cpu": dict(epochs=14, batch_size=32, learning_rate=2e-3, clipnorm=5.0, early_stopping_patience=3,
                     time_budget_minutes=25.0),
         "full": dict(epochs=60, batch_size=32, learning_rate=1e-3, clipnorm=5.0, word_embedding_dim=100,
@@ -165,6 +166,8 @@ class NerPipeline(Pipeline):
         config.validate()
         splits = conll.load_conll_splits(data_dir)
         train = splits["train"][: config.max_train_examples] if config.max_train_examples else splits["train"]
+        splits = {**splits, **{split: evaluation_subset(splits[split], config.max_eval_examples)
+                               for split in ("valid", "test")}}
         extra_words = vector_file_words(config.embeddings, normalise=conll.normalise_word) if config.embeddings else ()
         vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
         info = {

@@ -42,7 +42,15 @@ from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, read_metadata
 from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
-from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    evaluation_subset,
+    export_limits,
+    export_options,
+    served_model,
+    spread_indices,
+)
 from rnnapps.request_limits import batch_at_most, count_within, guarded
 
 DATASETS = ("binarized_mnist", "mnist")
@@ -82,7 +90,8 @@ class PixelRNNConfig(TrainingConfig):
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=2, batch_size=8, learning_rate=5e-3, learning_rate_decay=0.9, filters=8, hidden_units=4, row_lstm_layers=1,
-                      output_units=8, early_stopping_patience=0, inpaint_examples=2, sample_examples=2),
+                      output_units=8, early_stopping_patience=0, inpaint_examples=2, sample_examples=2,
+                      max_train_examples=256, max_eval_examples=128),
         # Up to 44 x 500 steps of 32 images (14 passes over the 50k training images), annealed by 0.92
         # an epoch, inside a 52-minute budget: on 2 cores about 40 epochs fit and reach 86.0 test nats
         # (docs/pixelrnn.md). The earlier 20 epochs annealed by 0.85 decayed too soon: 89.2 test nats.
@@ -131,15 +140,17 @@ class PixelRNNPipeline(Pipeline):
             dataset = make_dataset(images, config.batch_size, shuffle=shuffle, seed=config.seed, binary=True)
             return dataset.map(lambda batch: (batch, batch), num_parallel_calls=tf.data.AUTOTUNE)
 
-        validation = splits["validation"][: config.max_validation_examples or None]
+        validation = evaluation_subset(splits["validation"][: config.max_validation_examples or None],
+                                       config.max_eval_examples)
+        test = evaluation_subset(splits["test"], config.max_eval_examples)
         return Datasets(
             train=pairs(train, True),
             validation=pairs(validation, False),
-            test=pairs(splits["test"], False),
+            test=pairs(test, False),
             info={
                 "image_shape": tuple(int(size) for size in train.shape[1:]),
-                "test_images": splits["test"],
-                "sizes": {"train": len(train), "validation": len(validation), "test": len(splits["test"])},
+                "test_images": test,
+                "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
             },
         )
 
@@ -338,11 +349,6 @@ def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
     else:
         raise ConfigError(f"--occlude {occlude!r}: choose bottom, right, random or box:r0,c0,r1,c1")
     return mask
-
-
-def spread_indices(total: int, count: int) -> np.ndarray:
-    """``count`` indices spread evenly over ``range(total)``: the binarized MNIST test file is ordered by digit."""
-    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
 
 
 def inpaint_numpy(model, images: np.ndarray, known: np.ndarray, samples: int = 1, seed: int = 0) -> np.ndarray:

@@ -60,7 +60,14 @@ from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
 from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES
 from rnnapps.models.translator import END_ID, END_TOKEN, START_ID, START_TOKEN, Translator
-from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, read_texts, text_requests
+from rnnapps.pipelines.base import (
+    Datasets,
+    Pipeline,
+    evaluation_subset,
+    export_limits,
+    read_texts,
+    text_requests,
+)
 from rnnapps.request_limits import text_request
 
 # Sentences translated per call in evaluation.
@@ -102,7 +109,8 @@ class TranslateConfig(TrainingConfig):
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=3, batch_size=4, learning_rate=0.01, source_vocab_size=200, target_vocab_size=200,
                       embedding_dim=8, units=8, dropout=0.0, label_smoothing=0.1, beam_width=2,
-                      max_decode_length=12, early_stopping_patience=0),
+                      max_decode_length=12, early_stopping_patience=0, max_train_examples=800,
+                      max_eval_examples=200),
         # Epochs are slices of 200 steps (~0.45 of Multi30k) so the learning rate decays and the best
         # weights are kept at a finer grain than whole passes; the wall-clock budget (TrainingConfig's
         # time_budget_minutes, kept by the runner) ends training.
@@ -243,6 +251,8 @@ class TranslatePipeline(Pipeline):
         config.validate()
         corpus = load_parallel_corpus(config.dataset, config.source, config.target, data_dir, seed=config.seed)
         train = corpus["train"][: config.max_train_examples] if config.max_train_examples else corpus["train"]
+        corpus = {**corpus, **{split: evaluation_subset(corpus[split], config.max_eval_examples)
+                               for split in ("validation", "test")}}
         source_vocabulary = build_vocabulary([source for source, _ in train], config.source_vocab_size)
         target_tokens = target_vocabulary([target for _, target in train], config.target_vocab_size)
         source_vectorizer = make_vectorizer(source_vocabulary, name="source_vectorizer")
@@ -332,10 +342,14 @@ class TranslatePipeline(Pipeline):
             outputs = model.translate(text_request(text, config), beam_width=1)
             return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
 
+        def translate_n_best(text):
+            return model.translate_n_best(text_request(text, config))
+
         return {
             "serving_default": Endpoint(translate, text_spec),
             "translate_with_attention": Endpoint(translate_with_attention, text_spec),
             "translate_greedy": Endpoint(translate_greedy, text_spec),
+            "translate_n_best": Endpoint(translate_n_best, text_spec),
         }
 
 
@@ -357,20 +371,26 @@ def _keras_model_for(model_path: Path):
               help="Save the attention heat map of the first text as this PNG.")
 @click.option("--beam-width", type=click.IntRange(min=1),
               help="Beam width (default: the export's; 1 is greedy search).")
+@click.option("--n-best", type=click.IntRange(min=1),
+              help="Print the N best translations of each text with their scores (N <= the export's beam width).")
 @click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
               help="A SavedModel version directory (default: the latest under --export-dir).")
 @click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
-def predict_command(texts, plot_path, beam_width, model_path, export_dir):
+def predict_command(texts, plot_path, beam_width, n_best, model_path, export_dir):
     """Translate TEXTS (or lines from stdin), one translation a line.
 
     \b
     Examples:
       rnnapps predict translate "Ein Mann fährt Fahrrad."
       rnnapps predict translate --plot attention.png --beam-width 1 "Zwei Hunde spielen im Schnee."
+      rnnapps predict translate --n-best 5 "Ein Mann fährt Fahrrad."
     """
     texts = read_texts(texts)
     model_path = Path(model_path or latest_export(export_dir, "translate"))
     exported_width = read_metadata(model_path).get("config", {}).get("beam_width")
+    if n_best is not None:
+        _print_n_best(texts, n_best, beam_width, exported_width, model_path)
+        return
     if beam_width is not None and beam_width not in (1, exported_width):
         model = _keras_model_for(model_path)
 
@@ -389,6 +409,23 @@ def predict_command(texts, plot_path, beam_width, model_path, export_dir):
         if plot_path and index == 0:
             plot_attention(outputs, 0, plot_path, title=texts[0][:60])
             click.echo(f"attention plot: {plot_path}", err=True)
+
+
+def _print_n_best(texts, n_best: int, beam_width, exported_width, model_path: Path) -> None:
+    """Each text's ``n_best`` translations from the export's beam, best first: ``rank<TAB>score<TAB>translation``."""
+    if beam_width not in (None, exported_width):
+        raise click.UsageError(f"--n-best reads the export's beam of {exported_width}; drop --beam-width {beam_width}")
+    if n_best > exported_width:
+        raise click.BadParameter(f"{n_best} is over the export's beam_width={exported_width}", param_hint="--n-best")
+    signature = load_export(model_path).signatures["translate_n_best"]
+    for index, batch in enumerate(text_requests(texts, export_limits(model_path, TranslateConfig))):
+        outputs = signature(text=tf.constant(batch, tf.string))
+        for row, (translations, scores) in enumerate(zip(outputs["translations"].numpy(), outputs["scores"].numpy(),
+                                                          strict=True)):
+            if index or row:
+                click.echo("")
+            for rank, (translation, score) in enumerate(zip(translations[:n_best], scores[:n_best], strict=True)):
+                click.echo(f"{rank + 1}\t{score:.4f}\t{translation.decode('utf-8')}")
 
 
 PIPELINE = TranslatePipeline()

@@ -1,0 +1,66 @@
+"""Words shown with a score each: coloured in a terminal, ``word(+0.31)`` in a pipe, or an HTML page.
+
+Used by ``rnnapps predict sentiment --explain`` to show which words drove a
+review's verdict (integrated-gradients attributions): positive scores pushed
+towards the positive label (green), negative ones towards the negative (red).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+
+def _strength(score: float, scale: float) -> float:
+    return min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+
+
+def _scale(scores: Sequence[float]) -> float:
+    return max((abs(score) for score in scores), default=0.0)
+
+
+def plain(tokens: Sequence[str], scores: Sequence[float]) -> str:
+    """``word(+0.31) word(-0.02) ...``: readable in a file or a pipe."""
+    return " ".join(f"{token}({score:+.2f})" for token, score in zip(tokens, scores, strict=True))
+
+
+def ansi(tokens: Sequence[str], scores: Sequence[float]) -> str:
+    """The words on a green (positive) or red (negative) background, as strong as the score (24-bit colour)."""
+    scale, words = _scale(scores), []
+    for token, score in zip(tokens, scores, strict=True):
+        strength = _strength(score, scale)
+        level = int(255 - 155 * strength)
+        red, green, blue = (level, 255, level) if score >= 0 else (255, level, level)
+        words.append(f"\x1b[48;2;{red};{green};{blue}m\x1b[38;2;0;0;0m{token}\x1b[0m")
+    return " ".join(words)
+
+
+def html_page(rows: Sequence[tuple[str, str, float, Sequence[str], Sequence[float]]], title: str) -> str:
+    """A self-contained page: for each ``(text, label, probability, tokens, scores)`` the highlighted tokens."""
+    sections = []
+    for text, label, probability, tokens, scores in rows:
+        scale = _scale(scores)
+        spans = []
+        for token, score in zip(tokens, scores, strict=True):
+            colour = "0, 160, 60" if score >= 0 else "210, 30, 30"
+            spans.append(
+                f'<span title="{score:+.4f}" style="background: rgba({colour}, {0.85 * _strength(score, scale):.3f})">'
+                f"{html.escape(token)}</span>"
+            )
+        sections.append(
+            f"<section><h2>{html.escape(label)} ({probability:.3f})</h2>"
+            f"<p class=\"tokens\">{' '.join(spans)}</p>"
+            f"<p class=\"text\">{html.escape(text)}</p></section>"
+        )
+    return (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:48em;margin:2em auto;line-height:1.9}"
+        "span{padding:0.1em 0.15em;border-radius:0.2em}.text{color:#666;font-size:0.85em}"
+        "</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        "<p>Green words pushed the review towards <b>positive</b>, red ones towards <b>negative</b>; "
+        "hover a word for its attribution (integrated gradients of the logit).</p>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
