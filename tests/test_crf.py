@@ -216,3 +216,77 @@ def test_decoding_with_unknown_time_in_a_signature_and_after_saved_model_reload(
                 paths, scores = _all_scores(emissions[row, :length], weights)
                 np.testing.assert_array_equal(tags[row, :length], paths[int(scores.argmax())])
                 np.testing.assert_allclose(best[row], scores.max(), rtol=1e-5, atol=1e-5)
+
+
+# --- marginals (forward-backward) and the k best paths ------------------------------------------
+
+def _enumerate_paths(crf, emissions, length):
+    """Every tag path of the first ``length`` steps with its log-probability, by brute force."""
+    import itertools
+
+    transitions = crf.transitions.numpy()
+    start, end = crf.start_transitions.numpy(), crf.end_transitions.numpy()
+    paths = list(itertools.product(range(crf.num_tags), repeat=length))
+    scores = np.array([
+        start[p[0]] + end[p[-1]] + sum(emissions[t, p[t]] for t in range(length))
+        + sum(transitions[p[t - 1], p[t]] for t in range(1, length))
+        for p in paths
+    ])
+    return paths, scores - np.logaddexp.reduce(scores)
+
+
+def _random_crf_case(num_tags=3, seed=0):
+    rng = np.random.default_rng(seed)
+    crf = CRF(num_tags)
+    crf.build((None, None, num_tags))
+    emissions = rng.normal(size=(4, 4, num_tags)).astype("float32")
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    return crf, emissions, mask
+
+
+def test_marginals_match_brute_force_enumeration():
+    crf, emissions, mask = _random_crf_case()
+    marginals = crf.marginals(emissions, mask).numpy()
+    for row in range(len(mask)):
+        length = int(mask[row].sum())
+        assert (marginals[row, length:] == 0).all()
+        if length == 0:
+            continue
+        paths, log_probabilities = _enumerate_paths(crf, emissions[row], length)
+        expected = np.zeros((length, crf.num_tags))
+        for path, probability in zip(paths, np.exp(log_probabilities), strict=True):
+            expected[np.arange(length), path] += probability
+        np.testing.assert_allclose(marginals[row, :length], expected, atol=1e-5)
+        np.testing.assert_allclose(marginals[row, :length].sum(-1), 1.0, atol=1e-5)
+
+
+def test_k_best_paths_match_brute_force_and_start_with_viterbi():
+    crf, emissions, mask = _random_crf_case()
+    tags, log_probabilities = (value.numpy() for value in crf.k_best_decode(emissions, 5, mask))
+    assert tags.shape == (4, 5, 4) and log_probabilities.shape == (4, 5)
+    viterbi, _ = crf.viterbi_decode(emissions, mask)
+    np.testing.assert_array_equal(tags[:, 0], viterbi.numpy())
+    assert (log_probabilities[:, 1:] <= log_probabilities[:, :-1] + 1e-6).all(), "scores increase down the list"
+    for row in range(3):
+        length = int(mask[row].sum())
+        paths, expected = _enumerate_paths(crf, emissions[row], length)
+        order = np.argsort(-expected, kind="stable")[:5]
+        available = min(5, len(paths))
+        np.testing.assert_allclose(log_probabilities[row, :available], expected[order][:available], atol=1e-4)
+        assert [tuple(path[:length]) for path in tags[row, :available]] == [paths[i] for i in order][:available]
+        assert (tags[row, :, length:] == 0).all()
+    # Row 2 has one token and three tags: three paths exist, the other two are impossible.
+    assert np.isneginf(log_probabilities[2, 3:]).all() and np.isfinite(log_probabilities[2, :3]).all()
+    # A row without tokens: the empty path, probability 1.
+    assert log_probabilities[3, 0] == 0.0 and (tags[3] == 0).all()
+    with pytest.raises(ValueError, match="k >= 1"):
+        crf.k_best_decode(emissions, 0, mask)
+
+
+def test_marginals_and_k_best_trace_with_unknown_shapes():
+    crf, emissions, mask = _random_crf_case()
+    spec = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+    marginals = tf.function(crf.marginals, input_signature=spec)
+    k_best = tf.function(lambda e, m: crf.k_best_decode(e, 2, m), input_signature=spec)
+    np.testing.assert_allclose(marginals(emissions, mask), crf.marginals(emissions, mask), atol=1e-6)
+    np.testing.assert_array_equal(k_best(emissions, mask)[0], crf.k_best_decode(emissions, 2, mask)[0])

@@ -226,6 +226,120 @@ class CRF(keras.layers.Layer):
         path = ops.where(mask, path, 0)
         return ops.cast(path, "int32"), best_score
 
+    def log_partition(self, emissions, mask=None):
+        """``log Z(x)``, the log-sum of the scores of every tag path: float32 ``(batch,)`` (0 without tokens)."""
+        emissions, mask = self._prepare(emissions, mask)
+        return self._log_partition(emissions, mask)
+
+    def marginals(self, emissions, mask=None):
+        """``p(y_t = j | x)`` for every step and tag by forward-backward: float32 ``(batch, time, num_tags)``.
+
+        ``alpha[t, j]`` sums (in log space) the scores of the paths from the start
+        that are at tag ``j`` at step ``t``, ``beta[t, j]`` those of the paths from
+        tag ``j`` at step ``t`` to the end, and the marginal is
+        ``exp(alpha + beta - log Z)``. Rows sum to 1 at real steps; padded steps are 0.
+        Both recursions scan over the step indices, as Viterbi does, so they trace
+        with an unknown time length inside a serving signature.
+        """
+        emissions, mask = self._prepare(emissions, mask)
+        start, end = self._boundaries()
+        transitions = ops.cast(self.transitions, "float32")
+        time_steps = ops.shape(emissions)[1]
+        steps = ops.arange(time_steps, dtype="int32")
+
+        def forward(alpha, t):
+            emission = ops.take(emissions, t, axis=1)
+            real = ops.expand_dims(ops.take(mask, t, axis=1), -1)
+            moved = ops.logsumexp(ops.expand_dims(alpha, 2) + transitions, axis=1) + emission
+            alpha = ops.where(real, ops.where(ops.equal(t, 0), start + emission, moved), alpha)
+            return alpha, alpha
+
+        def backward(beta, t):
+            # beta arrives as beta[t + 1]; after the last real step it is the end score.
+            following = ops.minimum(t + 1, time_steps - 1)
+            next_real = ops.logical_and(ops.less(t + 1, time_steps), ops.take(mask, following, axis=1))
+            emission = ops.take(emissions, following, axis=1)
+            moved = ops.logsumexp(transitions + ops.expand_dims(emission + beta, 1), axis=2)
+            beta = ops.where(ops.expand_dims(next_real, -1), moved, ops.zeros_like(moved) + end)
+            return beta, beta
+
+        zeros = ops.zeros_like(emissions[:, 0, :])
+        last_alpha, alphas = ops.scan(forward, zeros, steps)
+        _, betas = ops.scan(backward, zeros + end, steps, reverse=True)
+        log_partition = ops.logsumexp(last_alpha + end, axis=-1)
+        scores = ops.transpose(alphas, (1, 0, 2)) + ops.transpose(betas, (1, 0, 2))
+        # With an unknown time length the scans lose the rank; the emissions' shape restores it.
+        scores = ops.reshape(scores, ops.shape(emissions)) - ops.reshape(log_partition, (-1, 1, 1))
+        return ops.where(ops.expand_dims(mask, -1), ops.exp(scores), 0.0)
+
+    def k_best_decode(self, emissions, k: int, mask=None):
+        """The ``k`` best tag paths (a list Viterbi) and their log-probabilities, best first.
+
+        Keeps the ``k`` best partial paths into every tag at every step, with a
+        back-pointer to (previous tag, its rank); the ``k`` best of all full paths
+        are then traced back. Where fewer than ``k`` paths exist (short sequences,
+        few tags) the missing ones have log-probability ``-inf``.
+
+        Returns:
+            ``(tags, log_probabilities)``: int32 ``(batch, k, time)`` with 0 at
+            padded positions, and float32 ``(batch, k)``, non-increasing along
+            ``k``. ``tags[:, 0]`` is the Viterbi path.
+        """
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"Expected k >= 1. Received: k={k}")
+        emissions, mask = self._prepare(emissions, mask)
+        start, end = self._boundaries()
+        transitions = ops.cast(self.transitions, "float32")
+        tags_count = self.num_tags
+        impossible = -1e9
+        # Pointer (previous tag i, rank r) is stored as i * k + r; this one keeps a path where it is.
+        identity = ops.reshape(ops.arange(tags_count * k, dtype="int32"), (tags_count, k))
+        first_rank = ops.concatenate([ops.zeros((1,), "float32"), ops.full((k - 1,), impossible, "float32")], axis=0)
+
+        def forward(carry, t):
+            delta, _ = carry
+            emission = ops.take(emissions, t, axis=1)
+            real = ops.reshape(ops.take(mask, t, axis=1), (-1, 1, 1))
+            # candidates[b, j, i * k + r] = delta[b, i, r] + transitions[i, j]
+            candidates = ops.expand_dims(delta, 3) + ops.reshape(transitions, (1, tags_count, 1, tags_count))
+            candidates = ops.reshape(ops.transpose(candidates, (0, 3, 1, 2)), (-1, tags_count, tags_count * k))
+            best, pointers = ops.top_k(candidates, k)
+            moved = best + ops.expand_dims(emission, -1)
+            opening = ops.expand_dims(start + emission, -1) + first_rank
+            is_first = ops.equal(t, 0)
+            new_delta = ops.where(real, ops.where(is_first, opening, moved), delta)
+            pointers = ops.where(ops.logical_and(real, ops.logical_not(is_first)), ops.cast(pointers, "int32"),
+                                 identity)
+            # The carry's structure again: Keras' TensorFlow scan sizes its outputs after the carry.
+            return (new_delta, pointers), (new_delta, pointers)
+
+        initial_delta = ops.zeros_like(ops.expand_dims(emissions[:, 0, :], -1)) + first_rank
+        initial_pointers = ops.zeros_like(ops.cast(initial_delta, "int32")) + identity
+        steps = ops.arange(ops.shape(emissions)[1], dtype="int32")
+        (delta, _), (_, pointers) = ops.scan(forward, (initial_delta, initial_pointers), steps)
+        final = ops.reshape(delta + ops.reshape(end, (1, tags_count, 1)), (-1, tags_count * k))
+        best_scores, best = ops.top_k(final, k)
+        best = ops.cast(best, "int32")
+
+        def backward(carry, step_pointers):
+            tag, rank = carry
+            flat = ops.reshape(step_pointers, (-1, tags_count * k))
+            previous = ops.take_along_axis(flat, tag * k + rank, axis=1)
+            return (previous // k, previous % k), (tag, rank)
+
+        _, (paths, _) = ops.scan(backward, (best // k, best % k), pointers, reverse=True)
+        # With an unknown time length the scans lose the rank; the mask's shape restores it.
+        batch, time_steps = ops.shape(mask)[0], ops.shape(mask)[1]
+        paths = ops.reshape(ops.transpose(paths, (1, 2, 0)), (batch, k, time_steps))
+        paths = ops.where(ops.expand_dims(mask, 1), paths, 0)
+        has_tokens = ops.any(mask, axis=1, keepdims=True)
+        log_probabilities = best_scores - ops.expand_dims(self._log_partition(emissions, mask), -1)
+        log_probabilities = ops.where(best_scores < impossible / 2, -float("inf"), log_probabilities)
+        empty_row = ops.expand_dims(first_rank, 0) * ops.ones_like(log_probabilities)
+        log_probabilities = ops.where(has_tokens, log_probabilities, ops.where(empty_row < 0, -float("inf"), 0.0))
+        return ops.cast(paths, "int32"), log_probabilities
+
     def call(self, emissions, mask=None):
         tags, _ = self.viterbi_decode(emissions, mask)
         return tags
