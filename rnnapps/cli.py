@@ -8,7 +8,9 @@ library users can call too.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
 
 import click
 from click.core import ParameterSource
@@ -19,6 +21,47 @@ from rnnapps.errors import RnnappsError
 PRESETS = ("smoke", "cpu", "full")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+# TensorFlow's C++ start-up lines (CUDA probing, CPU features, absl's banner): nothing a user can act on.
+# Lines written before absl's logging starts ignore TF_CPP_MIN_LOG_LEVEL, so `import tensorflow` runs
+# with stderr captured and these lines dropped; anything else it prints is passed on.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\] "
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+def quiet_tensorflow(environ=os.environ) -> bool:
+    """Silence TensorFlow's C++ logs unless ``RNNAPPS_DEBUG=1`` or the user chose a level; returns whether it did.
+
+    Level 3 hides its INFO, WARNING and ERROR lines (a CPU-only machine's "failed call to cuInit"
+    among them); failures still surface as Python exceptions. Call before TensorFlow is imported.
+    """
+    if environ.get("RNNAPPS_DEBUG") or "TF_CPP_MIN_LOG_LEVEL" in environ:
+        return False
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return True
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up lines dropped from stderr (see :data:`_STARTUP_NOISE`)."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or os.environ.get("RNNAPPS_DEBUG"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _STARTUP_NOISE.match(line):
+                    sys.stderr.write(line)
 
 
 class FriendlyGroup(click.Group):
@@ -44,6 +87,7 @@ class PredictGroup(FriendlyGroup):
     def get_command(self, ctx, name):
         if name not in pipelines.REGISTRY:
             return None
+        import_tensorflow_quietly()
         command = pipelines.get_pipeline(name).predict_command
         return command
 
@@ -123,6 +167,7 @@ def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_
 
     Config precedence: preset < --config < --set < --epochs/--batch-size/--seed.
     """
+    import_tensorflow_quietly()
     from rnnapps.config import parse_set_options
     from rnnapps.runner import run
 
@@ -144,6 +189,9 @@ def run_command(name, preset, epochs, batch_size, data_dir, set_options, config_
         precision=precision,
         strategy=strategy,
     )
+    if not result.chief:
+        click.echo("worker finished: the chief writes the run directory, metrics and export")
+        return
     click.echo(f"run directory: {result.run_dir}")
     click.echo("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items() if isinstance(v, (int, float))))
     if result.export_path:
@@ -163,6 +211,7 @@ def evaluate_command(name, run_dir, output_dir, data_dir):
     Example:
       rnnapps evaluate sentiment --run runs/sentiment/20261122-101500
     """
+    import_tensorflow_quietly()
     from rnnapps.runner import evaluate
 
     metrics = evaluate(name, run_dir=run_dir, output_dir=output_dir, data_dir=data_dir)
@@ -184,6 +233,7 @@ def export_command(name, run_dir, output_dir, export_dir):
     Example:
       rnnapps export sentiment && saved_model_cli show --all --dir saved_models/sentiment/1
     """
+    import_tensorflow_quietly()
     from rnnapps.runner import export
 
     click.echo(f"exported: {export(name, run_dir=run_dir, output_dir=output_dir, export_dir=export_dir)}")
@@ -201,7 +251,7 @@ def predict_group():
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     return cli.main(args=argv, prog_name="rnnapps")
 
 

@@ -55,6 +55,9 @@ class TrainingConfig:
     # Stop training after this many minutes (None: no limit); the best epoch's weights are kept.
     # The budget is per session: `--resume` continues a budgeted run for another one.
     time_budget_minutes: float | None = None
+    # Also back the training state up mid-epoch once this many minutes have passed since the last
+    # backup (None or 0: at epoch ends only), so a crash in a long epoch loses at most this much.
+    backup_every_minutes: float | None = 5.0
     # Serving: the most examples one request to an exported signature may carry. A request over it
     # is refused with an InvalidArgument error naming this limit (rnnapps/request_limits.py).
     max_request_batch: int = 1024

@@ -32,6 +32,9 @@ class RunResult:
     metrics: dict
     export_path: Path | None
     config: object
+    #: False for the other workers of a multi-worker run: they train in step with the chief, but
+    #: ``run_dir`` is their scratch directory (removed unless $RNNAPPS_WORKER_DIR named it)
+    chief: bool = True
 
 
 def _prepare(pipeline, config, precision: str, strategy_name: str):
@@ -101,12 +104,35 @@ def run(
     # Checked before anything is written: a resume must not save a config it cannot run, and a
     # new run must not leave an empty run directory behind.
     runtime.check_learning_rate_schedule(config.learning_rate_decay, config.learning_rate_hold_epochs)
+    runtime.check_backup_interval(config.backup_every_minutes)
+    policy, strategy_obj = _prepare(pipeline, config, precision, strategy)
+    # The data before the run directory, for the same reason: missing data is the commonest failure.
+    datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
+    train = dict(extra_callbacks=extra_callbacks, verbose=verbose, resume_hint=f"--output-dir {output_dir}")
+    if not runtime.is_chief(strategy_obj):
+        return _run_worker(pipeline, config, datasets, strategy_obj, run_dir, **train)
     run_dir = run_dir or runtime.new_run_dir(output_dir, name)
     save_config(config, run_dir / "config.json")
-    policy, strategy_obj = _prepare(pipeline, config, precision, strategy)
     print(f"rnnapps: {name} run in {run_dir} (precision {policy}, {strategy_obj.num_replicas_in_sync} replica(s))")
+    model, train_seconds = _train(pipeline, config, datasets, strategy_obj, run_dir, **train)
+    model.save(run_dir / MODEL_FILE)
+    if runtime.is_multi_worker(strategy_obj):
+        import keras
 
-    datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
+        # The chief evaluates and exports alone: a copy outside the strategy never waits on a
+        # collective that the finished workers will not join.
+        model = keras.saving.load_model(run_dir / MODEL_FILE)
+    metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
+    metrics["train_seconds_this_session"] = round(train_seconds, 2)
+    runtime.write_json(run_dir / "metrics.json", metrics)
+    export_path = None
+    if export_dir:
+        export_path = export(name, run_dir=run_dir, export_dir=export_dir, model=model, config=config, metrics=metrics)
+    return RunResult(run_dir, metrics, export_path, config)
+
+
+def _train(pipeline, config, datasets, strategy_obj, run_dir: Path, extra_callbacks, verbose, resume_hint: str):
+    """Build the model under the strategy and fit it; returns it and the seconds training took."""
     with strategy_obj.scope():
         model = pipeline.build_model(config, datasets)
     started = time.perf_counter()
@@ -122,17 +148,27 @@ def run(
             verbose=verbose,
         )
     except KeyboardInterrupt:
-        print(f"\nrnnapps: interrupted; continue with `rnnapps run {name} --resume --output-dir {output_dir}`")
+        print(f"\nrnnapps: interrupted; continue with `rnnapps run {pipeline.name} --resume {resume_hint}`")
         raise
-    train_seconds = time.perf_counter() - started
-    model.save(run_dir / MODEL_FILE)
-    metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
-    metrics["train_seconds_this_session"] = round(train_seconds, 2)
-    runtime.write_json(run_dir / "metrics.json", metrics)
-    export_path = None
-    if export_dir:
-        export_path = export(name, run_dir=run_dir, export_dir=export_dir, model=model, config=config, metrics=metrics)
-    return RunResult(run_dir, metrics, export_path, config)
+    return model, time.perf_counter() - started
+
+
+def _run_worker(pipeline, config, datasets, strategy_obj, resumed: Path | None, **train) -> RunResult:
+    """A non-chief worker of a multi-worker run: trains in step with the chief and writes nothing of the run.
+
+    Its callbacks (backup, checkpoints, logs) write to a scratch directory; a resumed run first
+    copies the chief's training state into it, so every worker restores the same step. That needs
+    the chief's run directory readable here (a shared file system, docs/distributed.md).
+    """
+    task_type, task_id = runtime.task_of(strategy_obj)
+    with runtime.worker_scratch_dir(strategy_obj) as scratch:
+        if resumed:
+            runtime.copy_training_state(resumed, scratch)
+        save_config(config, scratch / "config.json")
+        print(f"rnnapps: {pipeline.name} {task_type} {task_id} trains in step with the chief (scratch files in {scratch})")
+        model, _ = _train(pipeline, config, datasets, strategy_obj, scratch, **train)
+        model.save(scratch / MODEL_FILE)
+    return RunResult(scratch, {}, None, config, chief=False)
 
 
 def _evaluate_and_plot(pipeline, model, datasets, config, run_dir: Path) -> dict:

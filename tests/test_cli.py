@@ -1,6 +1,6 @@
 from click.testing import CliRunner
 
-from rnnapps.cli import cli
+from rnnapps.cli import _STARTUP_NOISE, cli, quiet_tensorflow
 
 
 def test_list_and_help_are_instant_and_teach():
@@ -36,6 +36,8 @@ def test_missing_data_is_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "IMDB not found: expected imdb/train.csv.gz" in result.output
     assert "Traceback" not in result.output
+    # The data is loaded before the run directory is made: a failed start leaves nothing to --resume.
+    assert not (tmp_path / "runs").exists()
 
 
 def test_evaluate_without_runs_is_clear(tmp_path):
@@ -68,3 +70,18 @@ def test_preset_with_resume_is_refused_before_anything_runs(tmp_path, monkeypatc
     # The default preset (not given on the command line) is no obstacle to a resume.
     resumed = CliRunner().invoke(cli, ["run", "sentiment", "--resume", "--output-dir", str(tmp_path)])
     assert len(called) == 1 and "the runner was reached" in resumed.output
+
+
+def test_tensorflow_logs_are_quiet_unless_debugging_or_chosen():
+    environ = {}
+    assert quiet_tensorflow(environ) and environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert not quiet_tensorflow(chosen := {"TF_CPP_MIN_LOG_LEVEL": "0"}) and chosen["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert not quiet_tensorflow(debugging := {"RNNAPPS_DEBUG": "1"}) and "TF_CPP_MIN_LOG_LEVEL" not in debugging
+    # What `import tensorflow` prints before its logging starts is dropped; anything else passes.
+    startup = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796237012.821422    6881 cudart_stub.cc:31] Could not find cuda drivers on your machine.",
+        "E0000 00:00:1796237018.547128    6881 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+    ]
+    assert all(_STARTUP_NOISE.match(line) for line in startup)
+    assert not _STARTUP_NOISE.match("/site-packages/x.py:3: DeprecationWarning: something the user should see")

@@ -83,3 +83,8 @@ def test_renamed_fields_of_older_runs_still_load(tmp_path):
     (tmp_path / "config.json").write_text('{"no_such_field": 1}')
     with pytest.raises(ConfigError, match="no_such_field"):
         load_config(ToyConfig, tmp_path / "config.json")
+
+
+def test_backups_default_to_every_few_minutes_and_can_be_epoch_only():
+    assert TrainingConfig().backup_every_minutes == 5.0
+    assert apply_overrides(TrainingConfig(), {"backup_every_minutes": "none"}, "--set").backup_every_minutes is None

@@ -80,8 +80,12 @@ def test_fit_writes_history_checkpoints_and_logs(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    class Backed(_Config):
+        backup_every_minutes = 1e-9
+
     with pytest.raises(TrainingError, match="loss became NaN"):
-        runtime.fit(_toy_model(), _toy_datasets(poison=True), _Config, tmp_path, "val_loss", "min", verbose=0)
+        runtime.fit(_toy_model(), _toy_datasets(poison=True), Backed, tmp_path, "val_loss", "min", verbose=0)
+    assert runtime.read_backup(tmp_path / "backup") is None  # the NaN weights were never backed up
 
 
 def test_mixed_precision_keeps_float32_outputs(restore_policy):
@@ -152,3 +156,84 @@ def test_learning_rate_is_held_before_it_decays(tmp_path):
 
     runtime.fit(_toy_model(), _toy_datasets(), Held, tmp_path, "val_loss", "min", verbose=0)
     assert runtime.read_history(tmp_path / "history.csv")["learning_rate"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt (a crash, as far as fit knows) before ``batch`` of ``epoch``."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+class _Backed(_Config):
+    epochs = 3
+    backup_every_minutes = 1e-9  # after every batch
+
+
+def test_a_mid_epoch_backup_resumes_that_step_and_logs_each_epoch_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        runtime.fit(_toy_model(), _toy_datasets(), _Backed, tmp_path, "val_loss", "min",
+                    extra_callbacks=[_Interrupt(epoch=1, batch=2)], verbose=0)
+    backup = runtime.read_backup(tmp_path / "backup")
+    assert (backup["epoch"], backup["batch"]) == (1, 1)  # after batch 2 of the second epoch
+    assert [p.name for p in (tmp_path / "backup").glob("*.weights.h5")] == [backup["weights"]]
+    # As if the kill had come after epoch 1's row was logged but before its backup: the row must not count twice.
+    with open(tmp_path / "history.csv", "a") as handle:
+        handle.write("1,9.0,9.0\n")
+    # A kill during a later write leaves a partial file and a temporary metadata file behind: both ignored.
+    (tmp_path / "backup" / "state-99.weights.h5").write_bytes(b"\x89HDF half")
+    (tmp_path / "backup" / ".training_metadata.json.tmp").write_text("{")
+    model = _toy_model()
+    runtime.fit(model, _toy_datasets(), _Backed, tmp_path, "val_loss", "min", verbose=0)
+    assert runtime.read_history(tmp_path / "history.csv")["epoch"] == [0.0, 1.0, 2.0]
+    # 4 batches of epoch 0 and 2 of epoch 1 restored, then epoch 1 again from its start and epoch 2.
+    assert int(model.optimizer.iterations.numpy()) == 4 + 2 + 4 + 4
+    assert runtime.read_backup(tmp_path / "backup")["epoch"] == 3
+    assert len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1
+
+
+def test_backup_interval_is_checked():
+    runtime.check_backup_interval(None)
+    runtime.check_backup_interval(0)
+    with pytest.raises(ConfigError, match="backup_every_minutes=-1"):
+        runtime.check_backup_interval(-1)
+
+
+def test_the_first_epoch_knows_its_step_count(tmp_path):
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    # Filtering (like bucketing) leaves the cardinality unknown: 10 examples kept, 3 batches of 4.
+    train = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).filter(lambda a, b: a[0] % 4 == 0).batch(4)
+    assert int(train.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    assert int(runtime.with_known_length(train).cardinality()) == 3
+    steps = []
+
+    class RecordSteps(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            steps.append(self.params["steps"])
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(runtime.make_optimizer(_Config), "mse")
+    runtime.fit(model, Datasets(train, train, train), _Config, tmp_path, "val_loss", "min",
+                extra_callbacks=[RecordSteps()], verbose=0)
+    assert steps == [3]
+
+
+def test_only_the_chief_writes_and_worker_scratch_is_removed(tmp_path, monkeypatch):
+    default = tf.distribute.get_strategy()
+    assert runtime.is_chief(default) and runtime.task_of(default) == ("chief", 0)
+    monkeypatch.delenv(runtime.WORKER_DIR_ENV, raising=False)
+    with runtime.worker_scratch_dir(default) as scratch:
+        (scratch / "history.csv").write_text("epoch\n")
+    assert not scratch.exists()
+    monkeypatch.setenv(runtime.WORKER_DIR_ENV, str(tmp_path / "kept"))
+    with runtime.worker_scratch_dir(default) as scratch:
+        (scratch / "model.keras").write_text("")
+    assert (tmp_path / "kept" / "model.keras").exists()
