@@ -128,6 +128,7 @@ def run(
     export_path = None
     if export_dir:
         export_path = export(name, run_dir=run_dir, export_dir=export_dir, model=model, config=config, metrics=metrics)
+    runtime.wait_for_other_workers(strategy_obj)
     return RunResult(run_dir, metrics, export_path, config)
 
 
@@ -168,6 +169,7 @@ def _run_worker(pipeline, config, datasets, strategy_obj, resumed: Path | None, 
         print(f"rnnapps: {pipeline.name} {task_type} {task_id} trains in step with the chief (scratch files in {scratch})")
         model, _ = _train(pipeline, config, datasets, strategy_obj, scratch, **train)
         model.save(scratch / MODEL_FILE)
+        runtime.wait_for_other_workers(strategy_obj)  # the chief's evaluation and export
     return RunResult(scratch, {}, None, config, chief=False)
 
 

@@ -340,21 +340,37 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
+        strategy = self.model.distribute_strategy
+        self._any_worker = any_worker(strategy) if is_multi_worker(strategy) else None
 
     def on_train_batch_end(self, batch, logs=None):
         spent = time.monotonic() - self.started >= self.seconds
-        strategy = self.model.distribute_strategy
-        if is_multi_worker(strategy):
-            spent = _any_worker(strategy, spent)
+        if self._any_worker:
+            spent = self._any_worker(spent)
         if spent:
             self.stopped = True
             self.model.stop_training = True
 
 
-def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
-    """Whether ``flag`` is true on any replica of ``strategy`` (a collective: every worker must call it)."""
-    votes = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+def any_worker(strategy: tf.distribute.Strategy):
+    """``vote(flag) -> bool``: whether ``flag`` is true on any worker; a collective, so every worker must vote."""
+
+    @tf.function
+    def count(flag):
+        votes = strategy.run(lambda: tf.cast(flag, tf.float32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)
+
+    return lambda flag: float(count(tf.constant(bool(flag)))) > 0
+
+
+def wait_for_other_workers(strategy: tf.distribute.Strategy) -> None:
+    """Return once every worker has called this (a no-op outside a cluster).
+
+    The chief calls it after evaluating and exporting, the others after training: a worker that
+    exits first is reported by the chief's coordination service as crashed.
+    """
+    if is_multi_worker(strategy):
+        any_worker(strategy)(True)
 
 
 def check_learning_rate_schedule(decay: float, hold_epochs: int) -> None:

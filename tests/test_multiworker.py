@@ -1,0 +1,112 @@
+"""Two worker processes on 127.0.0.1 train one model with MultiWorkerMirroredStrategy.
+
+Each gets its own ``TF_CONFIG``; they share the output directory as hosts would share a file
+system. Only the chief (worker 0) writes the run directory, metrics and export; worker 1 keeps its
+scratch directory because ``RNNAPPS_WORKER_DIR`` names it, so its final weights can be compared.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+TIMEOUT = 300
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for held in sockets:
+        held.bind(("127.0.0.1", 0))
+    ports = [held.getsockname()[1] for held in sockets]
+    for held in sockets:
+        held.close()
+    return ports
+
+
+def _start_workers(tmp_path, *args):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        if index:
+            env["RNNAPPS_WORKER_DIR"] = str(tmp_path / f"worker{index}")
+        with open(tmp_path / f"worker{index}.log", "w") as log:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "rnnapps.cli", "run", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+            ))
+    return processes
+
+
+def _wait(processes, tmp_path):
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    logs = "\n".join(f"--- worker {i}\n" + (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2))
+    if any(process.returncode != 0 for process in processes):
+        pytest.fail(f"exit codes {[process.returncode for process in processes]}:\n{logs}")
+
+
+def _steps_per_epoch():
+    """The smoke preset's training batches on the fixtures, as one process counts them."""
+    from rnnapps import runtime
+    from rnnapps.config import resolve_config
+    from rnnapps.pipelines import get_pipeline
+
+    pipeline = get_pipeline("sentiment")
+    datasets = pipeline.load_data(resolve_config(pipeline.config_class, "smoke"), FIXTURE_DATA)
+    return int(runtime.with_known_length(datasets.train).cardinality())
+
+
+def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
+    from rnnapps import runner
+
+    output, exports = tmp_path / "runs", tmp_path / "exports"
+    started = time.monotonic()
+    processes = _start_workers(
+        tmp_path, "sentiment", "--preset", "smoke", "--strategy", "multiworker", "--data-dir", str(FIXTURE_DATA),
+        "--output-dir", str(output), "--export-dir", str(exports),
+        # Mid-epoch backups written by each worker on its own clock; a time budget that never runs out
+        # still has the workers agree on it after every batch.
+        "--set", "backup_every_minutes=0.0001", "--set", "time_budget_minutes=30",
+    )
+    _wait(processes, tmp_path)
+    print(f"two workers took {time.monotonic() - started:.1f} s")
+
+    (run_dir,) = (output / "sentiment").iterdir()
+    for name in ("config.json", "history.csv", "metrics.json", "model.keras", "backup/training_metadata.json"):
+        assert (run_dir / name).exists(), name
+    assert [p.name for p in (exports / "sentiment").iterdir()] == ["1"]
+    scratch = tmp_path / "worker1"
+    assert (scratch / "model.keras").exists() and not (scratch / "metrics.json").exists()
+    assert "the chief writes the run directory" in (tmp_path / "worker1.log").read_text()
+    # The batch size is global: two workers take as many steps an epoch as one process would.
+    steps = _steps_per_epoch()
+    assert f"{steps}/{steps}" in (tmp_path / "worker0.log").read_text()
+
+    _, _, chief, _ = runner.load_run("sentiment", run_dir)  # imports the pipeline's registered layers
+    worker = keras.saving.load_model(scratch / "model.keras")
+    assert int(chief.optimizer.iterations.numpy()) == 3 * steps
+    for chief_weight, worker_weight in zip(chief.get_weights(), worker.get_weights(), strict=True):
+        np.testing.assert_array_equal(chief_weight, worker_weight)
+
+    served = tf.saved_model.load(str(exports / "sentiment" / "1"))
+    probability = served.signatures["serving_default"](text=tf.constant(["A wonderful film.", "Dull."]))["probability"]
+    assert probability.shape == (2,) and np.all((probability.numpy() >= 0) & (probability.numpy() <= 1))
