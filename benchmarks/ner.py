@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output-dir", default="benchmarks/work/ner", help="Runs and exports go here.")
+    parser.add_argument("--reliability-png", help="Copy the run's test reliability diagram here (e.g. docs/ner_reliability.png).")
     args = parser.parse_args(argv)
 
     # Imported only now, so --help needs no TensorFlow.
@@ -111,6 +113,9 @@ def main(argv=None) -> int:
         "test_precision": round(metrics["test_precision"], 4),
         "test_recall": round(metrics["test_recall"], 4),
         "test_per_type": metrics["test_per_type"],
+        # Calibration of the entity confidences (the least CRF marginal of an entity's tags).
+        "test_entity_ece": metrics["test_entity_ece"],
+        "test_entity_calibration": metrics["test_entity_calibration"],
         "epochs_run": epochs_run,
         "best_val_loss": min(history.get("val_loss", [float("nan")])),
         "train_seconds": metrics["train_seconds_this_session"],
@@ -126,10 +131,12 @@ def main(argv=None) -> int:
         "machine": machine_under_load(run.load_average_at_start),
         "provenance": provenance(started, command),
     }
+    if args.reliability_png:
+        shutil.copyfile(result.run_dir / "reliability_diagram.png", args.reliability_png)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.variant] = entry
     write_report(RESULTS, results)
-    print(json.dumps({k: v for k, v in entry.items() if k != "test_per_type"}, indent=2))
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("test_per_type", "test_entity_calibration")}, indent=2))
     return 0
 
 

@@ -64,3 +64,53 @@ def html_page(rows: Sequence[tuple[str, str, float, Sequence[str], Sequence[floa
         + "".join(sections)
         + "</body></html>\n"
     )
+
+
+def picture(rows: Sequence[tuple[str, float, Sequence[str], Sequence[float]]], path, title: str = "", width: float = 9.0):
+    """A PNG of highlighted reviews, for docs and reports: for each ``(label, probability, tokens, scores)``.
+
+    Words are laid out left to right and wrapped at ``width`` inches, each on a background as
+    green (positive) or red (negative) as its score, scaled per review like :func:`ansi`.
+    """
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    line_height, margin, font = 0.32, 0.2, 11
+    figure = plt.figure(figsize=(width, 1.0))
+    renderer = figure.canvas.get_renderer()
+    placed, y = [], 0.0  # (x, y, text, colour, bold) in inches from the top left
+
+    def advance(text, bold=False):
+        probe = figure.text(0, 0, text, fontsize=font, weight="bold" if bold else "normal")
+        extent = probe.get_window_extent(renderer=renderer)
+        probe.remove()
+        return extent.width / figure.dpi
+
+    if title:
+        placed.append((margin, y, title, None, True))
+        y += 1.4 * line_height
+    for label, probability, tokens, scores in rows:
+        placed.append((margin, y, f"{label} ({probability:.3f})", None, True))
+        y += line_height
+        x, scale = margin, _scale(scores)
+        for token, score in zip(tokens, scores, strict=True):
+            word = advance(token)
+            if x + word > width - margin and x > margin:
+                x, y = margin, y + line_height
+            strength = _strength(score, scale)
+            colour = (0.0, 0.63, 0.24, 0.85 * strength) if score >= 0 else (0.82, 0.12, 0.12, 0.85 * strength)
+            placed.append((x, y, token, colour, False))
+            x += word + advance(" ")
+        y += 1.5 * line_height
+    height = y + margin
+    figure.set_size_inches(width, height)
+    for x, top, text, colour, bold in placed:
+        figure.text(x / width, 1 - (top + margin + 0.2) / height, text, fontsize=font, weight="bold" if bold else "normal",
+                    bbox=dict(facecolor=colour, edgecolor="none", pad=1.5) if colour else None)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

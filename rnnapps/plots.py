@@ -69,3 +69,35 @@ def heatmap(values, row_labels: Sequence[str], column_labels: Sequence[str], pat
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def reliability_diagram(calibration: dict, path: str | Path, title: str = "Reliability diagram") -> Path:
+    """Accuracy against confidence per bin (``rnnapps.calibration.expected_calibration_error``'s table).
+
+    Bars are each bin's accuracy, the diagonal is perfect calibration, and the lower panel shows
+    how many answers fall in each bin, since a bin of five says little.
+    """
+    rows = calibration["bins"]
+    lower = np.array([row["lower"] for row in rows])
+    width = np.array([row["upper"] - row["lower"] for row in rows])
+    accuracy = np.array([row["accuracy"] if row["count"] else 0.0 for row in rows])
+    confidence = np.array([row["confidence"] if row["count"] else np.nan for row in rows])
+    counts = np.array([row["count"] for row in rows])
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(lower, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.scatter(confidence, accuracy, color="tab:orange", zorder=3, s=15, label="mean confidence")
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfectly calibrated")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"{title}\nECE {calibration['ece']:.4f} over {calibration['count']:,} answers")
+    top.legend(loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.bar(lower, counts, width=width, align="edge", edgecolor="black", color="tab:gray")
+    bottom.set_yscale("log" if counts.max(initial=0) > 0 else "linear")
+    bottom.set_xlabel("confidence")
+    bottom.set_ylabel("answers")
+    bottom.set_xlim(0, 1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

@@ -42,13 +42,14 @@ def dimension_at_most(tensor, axis: int, input_name: str, what: str, limit: int,
     return _refuse_unless(size <= limit, f"{input_name}: {{}} {what} is over {limit_name}={limit}", size)
 
 
-def count_within(value, input_name: str, limit: int, limit_name: str) -> tf.Operation:
-    """Every element of the integer ``value`` lies in ``[0, limit]``; reports the worst offender."""
+def count_within(value, input_name: str, limit: int, limit_name: str, minimum: int = 0) -> tf.Operation:
+    """Every element of the integer ``value`` lies in ``[minimum, limit]``; reports the worst offender."""
     value = tf.cast(tf.reshape(value, [-1]), tf.int64)
-    largest = tf.reduce_max(tf.concat([value, [0]], axis=0))
-    smallest = tf.reduce_min(tf.concat([value, [0]], axis=0))
+    largest = tf.reduce_max(tf.concat([value, [minimum]], axis=0))
+    smallest = tf.reduce_min(tf.concat([value, [minimum]], axis=0))
+    below = "is negative" if minimum == 0 else f"is below {minimum}"
     return tf.group(
-        _refuse_unless(smallest >= 0, f"{input_name}={{}} is negative; it must be in [0, {limit}]", smallest),
+        _refuse_unless(smallest >= minimum, f"{input_name}={{}} {below}; it must be in [{minimum}, {limit}]", smallest),
         _refuse_unless(largest <= limit, f"{input_name}={{}} is over {limit_name}={limit}", largest),
     )
 

@@ -17,6 +17,8 @@ from rnnapps.errors import ConfigError
 from rnnapps.pipelines.ner import (
     PIPELINE,
     NerConfig,
+    annotate,
+    entity_confidence,
     entity_spans,
     span_scores,
 )
@@ -39,12 +41,17 @@ def smoke_run(canonical_run):
 
 def test_run_reports_span_f1_per_type_and_plots(smoke_run):
     _, result, _ = smoke_run
-    for name in ("config.json", "model.keras", "metrics.json", "history.csv", "per_type_f1.png", "learning_curves.png"):
+    for name in ("config.json", "model.keras", "metrics.json", "history.csv", "per_type_f1.png", "learning_curves.png",
+                 "reliability_diagram.png"):
         assert (result.run_dir / name).exists(), name
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     for split in ("valid", "test"):
         assert 0.0 <= metrics[f"{split}_f1"] <= 1.0
         assert metrics[f"{split}_sentences"] == 6
+        calibration = metrics[f"{split}_entity_calibration"]
+        assert 0.0 <= metrics[f"{split}_entity_ece"] <= 1.0 and calibration["ece"] == metrics[f"{split}_entity_ece"]
+        # One calibration answer per predicted entity.
+        assert calibration["count"] == sum(row["count"] for row in calibration["bins"])
     assert set(metrics["test_per_type"]) == {"PER", "LOC", "ORG", "MISC"}
     assert sum(row["support"] for row in metrics["test_per_type"].values()) == 10
 
@@ -60,7 +67,7 @@ def test_export_reloads_from_a_moved_dir_and_tags(smoke_run, tmp_path):
 
 def _check_moved_export(moved, run_dir):
     loaded = tf.saved_model.load(str(moved))
-    assert set(loaded.signatures) == {"serving_default", "tag_text"}
+    assert set(loaded.signatures) == {"serving_default", "tag_text", "n_best"}
 
     tags = loaded.signatures["serving_default"](tokens=tf.constant(SENTENCES))["tags"].numpy()
     assert tags.shape == (3, 5)
@@ -81,20 +88,71 @@ def _check_moved_export(moved, run_dir):
     assert outputs["tags"].shape == outputs["tokens"].shape
     only_empty = loaded.signatures["tag_text"](text=tf.constant([""]))
     assert only_empty["tags"].numpy().tolist() == [[b""]]
+    # Each token's confidence is the CRF marginal of its tag, as the reloaded model computes it.
+    confidence = outputs["confidence"].numpy()
+    assert confidence.shape == tokens.shape and (confidence[1] == 0).all()
+    assert ((confidence[0] > 0) & (confidence[0] <= 1 + 1e-6)).all()
+    expected = model.tag_with_confidence(outputs["tokens"])
+    np.testing.assert_allclose(confidence, expected["confidence"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(outputs["tags"].numpy(), expected["tags"].numpy())
 
 
-def test_predict_command_prints_tokens_and_entities(smoke_run):
+def test_n_best_starts_with_the_viterbi_tags_and_never_gets_more_probable(smoke_run):
+    _, _, export = smoke_run
+    loaded = tf.saved_model.load(str(export))
+    texts = tf.constant(["EU rejects German call to boycott British lamb .", "Peter Blackburn", ""])
+    best = loaded.signatures["n_best"](text=texts, k=tf.constant(5))
+    tags, scores = best["tags"].numpy(), best["log_probabilities"].numpy()
+    assert tags.shape[:2] == (3, 5) and scores.shape == (3, 5)
+    viterbi = loaded.signatures["tag_text"](text=texts)["tags"].numpy()
+    np.testing.assert_array_equal(tags[:, 0], viterbi)
+    real = scores[:2]
+    assert np.all(np.diff(real, axis=1) <= 1e-5) and np.all(real <= 1e-5)
+    # Distinct sequences: a k-best list that repeated its best path would be worthless.
+    assert len({tuple(row) for row in tags[0]}) == 5
+    # Two probabilities of five sequences of one sentence cannot sum to more than one.
+    assert np.exp(real).sum(axis=1).max() <= 1 + 1e-4
+    assert scores[2, 0] == 0.0 and np.isneginf(scores[2, 1:]).all()
+    for bad, message in ((0, "k=0 is below 1"), (9, "k=9 is over max_n_best=8")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures["n_best"](text=texts, k=tf.constant(bad))
+
+
+def test_predict_command_prints_entities_with_confidence(smoke_run):
     _, result, export = smoke_run
-    invoked = CliRunner().invoke(
-        cli, ["predict", "ner", "--model", str(export), "EU rejects German call to boycott British lamb."]
-    )
+    text = "EU rejects German call to boycott British lamb ."
+    invoked = CliRunner().invoke(cli, ["predict", "ner", "--model", str(export), text])
     assert invoked.exit_code == 0, invoked.output
     lines = invoked.output.splitlines()
-    assert lines[0] == "EU rejects German call to boycott British lamb ."
+    tags = tf.saved_model.load(str(export)).signatures["tag_text"](text=tf.constant([text]))["tags"].numpy()[0]
+    spans = entity_spans(tags)
+    # The sentence with its entities bracketed, then one line per entity.
+    assert lines[0].count("[") == len(spans) and lines[0].replace("[", "").replace("]", "").split()[-2:] == ["lamb", "."]
+    assert len(lines) == 1 + max(len(spans), 1)
     for line in lines[1:]:
-        assert line == "  (no entities)" or line.startswith("  ") and len(line.strip().split("\t")) == 3
+        if line != "  (no entities)":
+            entity_type, span, words, confidence = line.strip().split("\t")
+            assert entity_type in {"PER", "LOC", "ORG", "MISC"} and 0 < float(confidence) <= 1
+            start, end = map(int, span.split(":"))
+            assert words == " ".join(text.split()[start:end])
+            assert f"[{entity_type} {words} {confidence}]" in lines[0]
+    ranked = CliRunner().invoke(cli, ["predict", "ner", "--model", str(export), "--n-best", "3", text])
+    assert ranked.exit_code == 0, ranked.output
+    probabilities = [float(line.split("\t")[1][2:]) for line in ranked.output.splitlines() if line.startswith("  #")]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    too_many = CliRunner().invoke(cli, ["predict", "ner", "--model", str(export), "--n-best", "99", text])
+    assert too_many.exit_code != 0 and "max_n_best=8" in too_many.output
     help_text = CliRunner().invoke(cli, ["predict", "ner", "--help"]).output
-    assert "rnnapps predict ner" in help_text
+    assert "rnnapps predict ner" in help_text and "--n-best" in help_text
+
+
+def test_entity_confidence_is_the_weakest_token_and_annotation_brackets_spans():
+    confidence = np.array([0.9, 0.6, 0.99, 0.8])
+    assert entity_confidence(("PER", 0, 2), confidence) == pytest.approx(0.6)
+    tokens = ["Peter", "Blackburn", "visited", "Brussels"]
+    spans = [("PER", 0, 2), ("LOC", 3, 4)]
+    assert annotate(tokens, spans, confidence) == "[PER Peter Blackburn 0.60] visited [LOC Brussels 0.80]"
+    assert annotate(tokens, [], confidence) == "Peter Blackburn visited Brussels"
 
 
 def test_softmax_decoder_builds_and_trains_one_step():

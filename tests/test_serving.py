@@ -3,6 +3,7 @@
 For each pipeline's shared smoke export (tests/conftest.py), and every signature in it:
 - it loads through the C++ server's path (TF1 session, ``serve`` tag, tensor names) and answers
   as ``tf.saved_model.load`` does, and ``saved_model_cli`` reports it as a predict signature;
+- it answers as the serving function built on the run's reloaded ``model.keras`` does;
 - a hostile request (over a limit, negative, NaN) fails at once with ``InvalidArgumentError``
   naming the input, its value and the limit, and the export then still answers;
 - 8 threads x 25 calls give exactly the single-threaded answers (sampling with fixed seeds too).
@@ -59,6 +60,7 @@ REQUESTS = {
     "ner": {
         "serving_default": dict(tokens=[["EU", "rejects", "German", "call"], ["Peter", "Blackburn", "", ""]]),
         "tag_text": dict(text=["EU rejects German call to boycott British lamb .", ""]),
+        "n_best": dict(text=["EU rejects German call to boycott British lamb .", ""], k=3),
     },
     "translate": {name: dict(text=TEXTS) for name in ("serving_default", "translate_with_attention",
                                                       "translate_greedy", "translate_n_best")},
@@ -95,6 +97,10 @@ HOSTILE = [
     ("ner", "tag_text", dict(text=["EU " * 1001]), "text: 1001 tokens in a sentence is over max_sentence_tokens=1000"),
     ("ner", "tag_text", dict(text=["x" * 20_001]), "text: a string of 20001 bytes is over max_text_bytes=20000"),
     ("ner", "tag_text", dict(text=["EU"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("ner", "n_best", dict(k=9), "k=9 is over max_n_best=8"),
+    ("ner", "n_best", dict(k=0), "k=0 is below 1; it must be in [1, 8]"),
+    ("ner", "n_best", dict(text=["EU"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("ner", "n_best", dict(text=["EU " * 1001]), "max_sentence_tokens=1000"),
     ("translate", "serving_default", dict(text=["Ein Mann."] * 257), "text: a batch of 257 is over max_request_batch=256"),
     ("translate", "translate_with_attention", dict(text=["x" * 20_001]), "max_text_bytes=20000"),
     ("translate", "translate_greedy", dict(text=["Ein Mann."] * 257), "max_request_batch=256"),
@@ -151,6 +157,23 @@ def test_the_c_plus_plus_loader_path_answers_like_the_python_loader(pipeline, se
     for signature, request in REQUESTS[pipeline].items():
         assert session_model.signatures[signature].method_name == PREDICT_METHOD, signature
         assert_same_answers(session_model(signature, **request), object_call(loaded, signature, **request))
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_every_signature_answers_as_the_model_keras_it_came_from(pipeline, served):
+    import keras
+
+    run, _, loaded = served(pipeline)
+    # The run's model.keras, reloaded, and the same serving functions built on it in Python: what
+    # the SavedModel serialised must not have changed a single answer.
+    model = keras.saving.load_model(run.result.run_dir / "model.keras")
+    endpoints = get_pipeline(pipeline).serving(model, run.result.config)
+    assert set(endpoints) == set(REQUESTS[pipeline])
+    for signature, request in REQUESTS[pipeline].items():
+        specs = loaded.signatures[signature].structured_input_signature[1]
+        tensors = {name: tf.constant(value, dtype=specs[name].dtype) for name, value in request.items()}
+        answer = {name: np.asarray(value) for name, value in endpoints[signature].function(**tensors).items()}
+        assert_same_answers(object_call(loaded, signature, **request), answer, atol=1e-4)
 
 
 def test_saved_model_cli_reports_every_signature_as_predict(served):
@@ -355,13 +378,15 @@ def test_the_decisive_word_gets_the_largest_attribution(served):
 def test_predict_explain_prints_words_with_their_attributions(served, tmp_path):
     run, _, _ = served("sentiment")
     page = tmp_path / "why.html"
+    picture = tmp_path / "why.png"
     printed = CliRunner().invoke(cli, ["predict", "sentiment", "--model", str(run.export), "--explain", "--html",
-                                       str(page), "the film was wonderful"])
+                                       str(page), "--png", str(picture), "the film was wonderful"])
     assert printed.exit_code == 0, printed.output
     line = printed.output.splitlines()[0]
     label, probability, words = line.split("\t")
     assert label in ("positive", "negative") and 0 <= float(probability) <= 1
     assert re.fullmatch(r"(\S+\([+-]\d+\.\d\d\) ?)+", words) and "wonderful(" in words
     assert "<span" in page.read_text() and "wonderful" in page.read_text()
+    assert picture.read_bytes()[:4] == b"\x89PNG"
     refused = CliRunner().invoke(cli, ["predict", "sentiment", "--model", str(run.export), "--html", str(page), "x"])
     assert refused.exit_code == 2 and "--explain" in refused.output

@@ -68,3 +68,36 @@ def test_tagger_rejects_a_mismatched_encoder():
     ids = keras.layers.StringLookup(vocabulary=["a"], mask_token="")(tokens)
     with pytest.raises(ValueError, match="len\\(tags\\) \\+ 1"):
         SequenceTagger(keras.Model(tokens, keras.layers.Embedding(3, 7)(ids)), tags=TAGS)
+
+
+@pytest.mark.parametrize("decoder", ["crf", "softmax"])
+def test_confidence_is_the_probability_of_the_chosen_tag(decoder):
+    tagger = _tagger(decoder)
+    outputs = tagger.tag_with_confidence(TOKENS)
+    np.testing.assert_array_equal(outputs["tags"].numpy(), tagger.tag(TOKENS).numpy())
+    emissions, mask, _ = tagger._emissions(TOKENS)
+    if decoder == "crf":
+        probabilities = tagger.crf.marginals(emissions, mask).numpy()
+    else:
+        probabilities = tf.nn.softmax(emissions).numpy()
+    ids = tagger.tag_ids(TOKENS).numpy()
+    expected = np.take_along_axis(probabilities, ids[..., None], axis=-1)[..., 0] * mask.numpy()
+    np.testing.assert_allclose(outputs["confidence"].numpy(), expected, atol=1e-6)
+    real = outputs["confidence"].numpy()[TOKENS.numpy() != b""]
+    assert (real > 0).all() and (real <= 1 + 1e-6).all()
+    if decoder == "softmax":
+        # The argmax of three real tags (padding ruled out) has at least a third of the mass.
+        assert (real >= 1 / 3 - 1e-6).all()
+    assert (outputs["confidence"].numpy()[TOKENS.numpy() == b""] == 0).all()
+
+
+def test_n_best_tag_sequences_start_with_viterbi_and_need_a_crf():
+    tagger = _tagger("crf")
+    best = tagger.n_best(TOKENS, 4)
+    tags, scores = best["tags"].numpy(), best["log_probabilities"].numpy()
+    assert tags.shape == (2, 4, 4) and scores.shape == (2, 4)
+    np.testing.assert_array_equal(tags[:, 0], tagger.tag(TOKENS).numpy())
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    assert (tags[:, :, 3] == b"").all() and all(len({tuple(row) for row in sentence}) == 4 for sentence in tags)
+    with pytest.raises(ValueError, match="need a CRF decoder"):
+        _tagger("softmax").n_best(TOKENS, 2)

@@ -77,7 +77,7 @@ def test_run_reports_nats_and_bits_and_saves_a_sample(trained):
     metrics = result.metrics
     for split in ("validation", "test"):
         nats = metrics[f"{split}_nats_per_char"]
-        assert math.isfinite(nats) and 0 < nats < math.log(60)
+        assert math.isfinite(nats) and nats > 0  # how far below chance: tests/test_learning.py
         assert metrics[f"{split}_bits_per_char"] == pytest.approx(nats / math.log(2))
     sample = Path(metrics["sample_file"]).read_text(encoding="utf-8")
     assert sample.startswith(result.config.sample_prompt) and len(sample) > result.config.sample_length

@@ -76,7 +76,8 @@ class SequenceTagger(keras.Model):
     """Tags string tokens: an emission model plus a CRF (Viterbi) or softmax (argmax) decoder.
 
     Calling the model returns the emission scores, which is what training needs;
-    :meth:`tag_ids` and :meth:`tag` decode. The loss is computed in
+    :meth:`tag_ids` and :meth:`tag` decode, :meth:`tag_with_confidence` adds each
+    token's tag probability and :meth:`n_best` the k most probable tag sequences. The loss is computed in
     :meth:`compute_loss` from integer tags ``(batch, words)`` with 0 = padding:
     the CRF negative log-likelihood per sentence (``decoder="crf"``), or the
     mean cross-entropy over real tokens (``decoder="softmax"``). Tag strings
@@ -143,28 +144,75 @@ class SequenceTagger(keras.Model):
             weights = weights * tf.cast(tf.reshape(sample_weight, [-1, 1]), tf.float32)
         return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
-    def tag_ids(self, tokens):
-        """Integer tag ids ``(batch, words)``; 0 at padding. Handles zero-width batches."""
+    def _emissions(self, tokens):
+        """``(emissions, mask, width)``: float32 scores with the padding tag ruled out, for a request of ``width`` words.
+
+        Id 0 is padding, never a real token's tag: a briefly trained CRF could otherwise give a real
+        token the padding id, so its column is pushed to -1e4 for every decoder. Zero-width batches
+        get one padded column, since the recurrent layers need a time step to exist.
+        """
         tokens = tf.convert_to_tensor(tokens, tf.string)
         width = tf.shape(tokens)[1]
-        # One column at least: the recurrent layers need a time step to exist.
         padded = tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - width, 0)]], constant_values=conll.PADDING)
         emissions = tf.cast(self.encoder(padded, training=False), tf.float32)
-        mask = tf.not_equal(padded, conll.PADDING)
+        padding_column = tf.fill(tf.shape(emissions[..., :1]), tf.constant(-1e4, tf.float32))
+        return tf.concat([padding_column, emissions[..., 1:]], axis=-1), tf.not_equal(padded, conll.PADDING), width
+
+    def _decode(self, emissions, mask):
         if self.crf is not None:
-            # Id 0 is padding, never a real token's tag: the softmax path skips it, and so must
-            # Viterbi (a briefly trained CRF can otherwise give a real token the padding id).
-            padding_column = tf.fill(tf.shape(emissions[..., :1]), tf.constant(-1e4, emissions.dtype))
-            ids, _ = self.crf.viterbi_decode(tf.concat([padding_column, emissions[..., 1:]], axis=-1), mask)
+            ids, _ = self.crf.viterbi_decode(emissions, mask)
         else:
-            ids = tf.cast(tf.argmax(emissions[..., 1:], axis=-1), tf.int32) + 1
-        ids = tf.where(mask, tf.cast(ids, tf.int32), 0)
-        return ids[:, :width]
+            ids = tf.argmax(emissions, axis=-1)
+        return tf.where(mask, tf.cast(ids, tf.int32), 0)
+
+    def tag_ids(self, tokens):
+        """Integer tag ids ``(batch, words)``; 0 at padding. Handles zero-width batches."""
+        emissions, mask, width = self._emissions(tokens)
+        return self._decode(emissions, mask)[:, :width]
 
     def tag(self, tokens):
         """Tag strings ``(batch, words)``; ``""`` at padding."""
-        names = tf.constant([conll.PADDING, *self.tags])
-        return tf.gather(names, self.tag_ids(tokens))
+        return tf.gather(self._tag_names(), self.tag_ids(tokens))
+
+    def tag_with_confidence(self, tokens):
+        """``{"tags": string (batch, words), "confidence": float32 (batch, words)}``.
+
+        The confidence of a token is the probability of the tag it was given: its CRF marginal
+        ``p(y_t = tag | sentence)`` by forward-backward (the softmax probability without a CRF);
+        0 at padding.
+        """
+        ids, confidence = self.tag_ids_with_confidence(tokens)
+        return {"tags": tf.gather(self._tag_names(), ids), "confidence": confidence}
+
+    def tag_ids_with_confidence(self, tokens):
+        """:meth:`tag_ids` and the probability of each chosen tag (see :meth:`tag_with_confidence`)."""
+        emissions, mask, width = self._emissions(tokens)
+        ids = self._decode(emissions, mask)
+        if self.crf is not None:
+            probabilities = self.crf.marginals(emissions, mask)
+        else:
+            probabilities = tf.nn.softmax(emissions, axis=-1)
+        chosen = tf.gather(probabilities, ids, axis=-1, batch_dims=2)
+        return ids[:, :width], tf.where(mask, chosen, 0.0)[:, :width]
+
+    def n_best(self, tokens, k: int):
+        """The ``k`` most probable tag sequences by a k-best Viterbi, best first (``decoder="crf"`` only).
+
+        Returns ``{"tags": string (batch, k, words), "log_probabilities": float32 (batch, k)}``;
+        the log-probabilities do not increase along ``k``, the first row is :meth:`tag`'s answer,
+        and sequences that do not exist (a two-word sentence has fewer than ``k`` paths over
+        few tags) have ``-inf`` and empty tags.
+        """
+        if self.crf is None:
+            raise ValueError("n-best tag sequences need a CRF decoder. Received: decoder='softmax'")
+        emissions, mask, width = self._emissions(tokens)
+        ids, log_probabilities = self.crf.k_best_decode(emissions, k, mask)
+        missing = tf.math.is_inf(log_probabilities)[..., None]
+        ids = tf.where(missing, 0, ids)
+        return {"tags": tf.gather(self._tag_names(), ids[..., :width]), "log_probabilities": log_probabilities}
+
+    def _tag_names(self):
+        return tf.constant([conll.PADDING, *self.tags])
 
     def get_config(self):
         config = super().get_config()

@@ -57,7 +57,7 @@ from rnnapps.pipelines.base import (
     served_model,
     text_requests,
 )
-from rnnapps.request_limits import batch_at_most, dimension_at_most, guarded, text_request
+from rnnapps.request_limits import batch_at_most, count_within, dimension_at_most, guarded, text_request
 
 CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
@@ -92,6 +92,8 @@ class NerConfig(TrainingConfig):
     # Serving: the longest sentence one request may carry, as tokens (serving_default) and as text (tag_text).
     max_sentence_tokens: int = 1000
     max_text_bytes: int = 20_000
+    # The n_best signature: at most this many tag sequences a sentence (its cost grows with it).
+    max_n_best: int = 8
 
     PRESETS: ClassVar[dict] = {
         "smoke": dict(epochs=4, batch_size=4, learning_rate=0.02, word_embedding_dim=8, min_word_count=1,
@@ -130,6 +132,27 @@ def entity_spans(tags) -> list[tuple[str, int, int]]:
     return spans
 
 
+def entity_confidence(span: tuple[str, int, int], confidence) -> float:
+    """A span's confidence: the least tag probability among its tokens.
+
+    Every token's tag must be right for the entity to be, so the span can be no surer than its
+    weakest token (the weakest marginal bounds the probability of the whole labelling from above).
+    """
+    _, start, end = span
+    return float(np.min(confidence[start:end]))
+
+
+def annotate(tokens: list[str], spans, confidence) -> str:
+    """The sentence with each entity in brackets with its type and confidence: ``[ORG EU 0.98] rejects ...``."""
+    words, position = [], 0
+    for span in spans:
+        entity_type, start, end = span
+        words.extend(tokens[position:start])
+        words.append(f"[{entity_type} {' '.join(tokens[start:end])} {entity_confidence(span, confidence):.2f}]")
+        position = end
+    return " ".join([*words, *tokens[position:]])
+
+
 def _tag_dataset(sentences, vocab, batch_size, shuffle, seed):
     tag_ids = {tag: index + 1 for index, tag in enumerate(vocab.tags)}
 
@@ -160,7 +183,7 @@ class NerPipeline(Pipeline):
     # confident mistakes), so the best epoch is chosen by the task metric itself.
     monitor = "val_f1"
     monitor_mode = "max"
-    request_limit_fields = ("max_request_batch", "max_sentence_tokens", "max_text_bytes")
+    request_limit_fields = ("max_request_batch", "max_sentence_tokens", "max_text_bytes", "max_n_best")
 
     def load_data(self, config: NerConfig, data_dir: Path | None) -> Datasets:
         config.validate()
@@ -254,13 +277,18 @@ class NerPipeline(Pipeline):
 
         metrics = {}
         for split, dataset in (("valid", datasets.validation), ("test", datasets.test)):
-            gold, predicted = predict_tags(model, dataset)
+            gold, predicted, confidences = predict_tags(model, dataset, with_confidence=True)
             scores = span_scores(gold, predicted)
             metrics[f"{split}_f1"] = scores["f1"]
             metrics[f"{split}_precision"] = scores["precision"]
             metrics[f"{split}_recall"] = scores["recall"]
             metrics[f"{split}_sentences"] = len(gold)
             metrics[f"{split}_per_type"] = scores["per_type"]
+            calibration = entity_calibration(gold, predicted, confidences)
+            metrics[f"{split}_entity_ece"] = calibration["ece"]
+            metrics[f"{split}_entity_calibration"] = calibration
+        plots.reliability_diagram(metrics["test_entity_calibration"], run_dir / "reliability_diagram.png",
+                                  title="CoNLL-2003 test entities: confidence against accuracy")
         per_type = metrics["test_per_type"]
         types = sorted(per_type)
         if types:
@@ -278,16 +306,28 @@ class NerPipeline(Pipeline):
             ], tokens)
 
         def tag_tokens(tokens):
-            return {"tags": model.tag(bounded_tokens(tokens, "tokens"))}
+            return model.tag_with_confidence(bounded_tokens(tokens, "tokens"))
 
         def tag_text(text):
             tokens = bounded_tokens(tokenize_words(text_request(text, config)), "text")
-            return {"tokens": tokens, "tags": model.tag(tokens)}
+            return {"tokens": tokens, **model.tag_with_confidence(tokens)}
 
-        return {
+        def n_best(text, k):
+            # The k-best Viterbi keeps max_n_best paths whatever k is (its shapes are static);
+            # the request's k only slices them.
+            k = guarded([count_within(k, "k", config.max_n_best, "max_n_best", minimum=1)], k)
+            tokens = bounded_tokens(tokenize_words(text_request(text, config)), "text")
+            best = model.n_best(tokens, config.max_n_best)
+            return {"tokens": tokens, "tags": best["tags"][:, :k], "log_probabilities": best["log_probabilities"][:, :k]}
+
+        text_spec = tf.TensorSpec([None], tf.string, name="text")
+        endpoints = {
             "serving_default": Endpoint(tag_tokens, [tf.TensorSpec([None, None], tf.string, name="tokens")]),
-            "tag_text": Endpoint(tag_text, [tf.TensorSpec([None], tf.string, name="text")]),
+            "tag_text": Endpoint(tag_text, [text_spec]),
         }
+        if model.crf is not None:
+            endpoints["n_best"] = Endpoint(n_best, [text_spec, tf.TensorSpec([], tf.int32, name="k")])
+        return endpoints
 
 
 class ValidationSpanF1(keras.callbacks.Callback):
@@ -302,19 +342,40 @@ class ValidationSpanF1(keras.callbacks.Callback):
             logs["val_f1"] = span_scores(*predict_tags(self.model, self.dataset))["f1"]
 
 
-def predict_tags(model, dataset) -> tuple[list[list[str]], list[list[str]]]:
-    """Gold and predicted tag strings of every sentence of a ``(tokens, tag_ids)`` dataset."""
+def predict_tags(model, dataset, with_confidence: bool = False):
+    """Gold and predicted tag strings of every sentence of a ``(tokens, tag_ids)`` dataset.
+
+    With ``with_confidence``, also each sentence's token confidences (the CRF marginals of the
+    predicted tags, :meth:`SequenceTagger.tag_with_confidence`).
+    """
     names = np.array([conll.PADDING, *model.tags], dtype=object)
-    tag_ids = tf.function(model.tag_ids, reduce_retracing=True)
-    gold, predicted = [], []
+    decode = model.tag_ids_with_confidence if with_confidence else model.tag_ids
+    decode = tf.function(decode, reduce_retracing=True)
+    gold, predicted, confidences = [], [], []
     for tokens, gold_ids in dataset:
-        predicted_ids = tag_ids(tokens).numpy()
+        decoded = decode(tokens)
+        predicted_ids, confidence = (decoded[0].numpy(), decoded[1].numpy()) if with_confidence else (decoded.numpy(), None)
         gold_ids = gold_ids.numpy()
         lengths = (tokens.numpy() != b"").sum(axis=1)
         for row, length in enumerate(lengths):
             gold.append(list(names[gold_ids[row, :length]]))
             predicted.append(list(names[predicted_ids[row, :length]]))
-    return gold, predicted
+            if with_confidence:
+                confidences.append(confidence[row, :length])
+    return (gold, predicted, confidences) if with_confidence else (gold, predicted)
+
+
+def entity_calibration(gold, predicted, confidences, bins: int = 10) -> dict:
+    """Expected calibration error of the predicted entities' confidences (right = the exact gold span and type)."""
+    from rnnapps.calibration import expected_calibration_error
+
+    scores, right = [], []
+    for gold_tags, predicted_tags, confidence in zip(gold, predicted, confidences, strict=True):
+        gold_spans = set(entity_spans(gold_tags))
+        for span in entity_spans(predicted_tags):
+            scores.append(entity_confidence(span, confidence))
+            right.append(span in gold_spans)
+    return expected_calibration_error(scores, right, bins=bins)
 
 
 def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
@@ -342,30 +403,49 @@ def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
 @click.command("ner")
 @click.argument("texts", nargs=-1)
+@click.option("--n-best", "n_best", type=int, default=0, show_default=True,
+              help="Also print the N most probable tag sequences with their probabilities (a CRF export's n_best).")
 @export_options
-def predict_command(texts, model_path, export_dir):
+def predict_command(texts, n_best, model_path, export_dir):
     """Find named entities (PER, ORG, LOC, MISC) in TEXTS (or lines from stdin).
 
-    Prints each text's tokens, then one line per entity: its type, its token
-    span (start:end, end exclusive) and its words.
+    Prints each text with its entities in brackets, their type and confidence
+    (the CRF's probability of the entity's least sure tag), then one line per
+    entity: type, token span (start:end, end exclusive), words and confidence.
 
     \b
     Examples:
       rnnapps predict ner "EU rejects German call to boycott British lamb ."
+      rnnapps predict ner --n-best 3 "Peter Blackburn visited Brussels ."
       cat news.txt | rnnapps predict ner --model saved_models/ner/2
     """
     texts = read_texts(texts)
     loaded, path = served_model("ner", model_path, export_dir)
-    for batch in text_requests(texts, export_limits(path, NerConfig)):
+    limits = export_limits(path, NerConfig)
+    if n_best and "n_best" not in loaded.signatures:
+        raise click.UsageError("--n-best needs an export with a CRF decoder (its n_best signature)")
+    if n_best and not 1 <= n_best <= limits["max_n_best"]:
+        raise click.UsageError(f"--n-best {n_best} must be in [1, max_n_best={limits['max_n_best']}]")
+    for batch in text_requests(texts, limits):
         outputs = loaded.signatures["tag_text"](text=tf.constant(batch, tf.string))
-        for row_tokens, row_tags in zip(outputs["tokens"].numpy(), outputs["tags"].numpy(), strict=True):
+        best = loaded.signatures["n_best"](text=tf.constant(batch, tf.string), k=tf.constant(n_best)) if n_best else None
+        for row, row_tokens in enumerate(outputs["tokens"].numpy()):
             tokens = [token.decode() for token in row_tokens if token]
-            click.echo(" ".join(tokens))
-            spans = entity_spans(row_tags[: len(tokens)])
-            for entity_type, start, end in spans:
-                click.echo(f"  {entity_type}\t{start}:{end}\t{' '.join(tokens[start:end])}")
+            confidence = outputs["confidence"].numpy()[row]
+            spans = entity_spans(outputs["tags"].numpy()[row][: len(tokens)])
+            click.echo(annotate(tokens, spans, confidence))
+            for span in spans:
+                entity_type, start, end = span
+                click.echo(f"  {entity_type}\t{start}:{end}\t{' '.join(tokens[start:end])}\t"
+                           f"{entity_confidence(span, confidence):.2f}")
             if not spans:
                 click.echo("  (no entities)")
+            if best is not None:
+                for rank, (tags, log_probability) in enumerate(zip(
+                        best["tags"].numpy()[row], best["log_probabilities"].numpy()[row], strict=True), start=1):
+                    if np.isfinite(log_probability):
+                        sequence = " ".join(tag.decode() for tag in tags[: len(tokens)])
+                        click.echo(f"  #{rank}\tp={np.exp(log_probability):.3f}\t{sequence}")
 
 
 PIPELINE = NerPipeline()

@@ -344,8 +344,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
                    "word(+0.31) otherwise.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="With --explain: also write the highlighted reviews to this HTML page.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False),
+              help="With --explain: also draw the highlighted reviews into this PNG (for reports and docs).")
 @export_options
-def predict_command(texts, explain, html_path, model_path, export_dir):
+def predict_command(texts, explain, html_path, png_path, model_path, export_dir):
     """Classify review TEXTS (or lines from stdin) as positive or negative.
 
     \b
@@ -354,13 +356,13 @@ def predict_command(texts, explain, html_path, model_path, export_dir):
       cut -f1 reviews.tsv | rnnapps predict sentiment --model saved_models/sentiment/3
       rnnapps predict sentiment --explain --html why.html "Dull plot, but a wonderful cast."
     """
-    if html_path and not explain:
-        raise click.UsageError("--html writes the explanation: add --explain")
+    if (html_path or png_path) and not explain:
+        raise click.UsageError("--html and --png write the explanation: add --explain")
     texts = read_texts(texts)
     loaded, path = served_model("sentiment", model_path, export_dir)
     limits = export_limits(path, SentimentConfig)
     if explain:
-        _print_explanations(loaded, texts, limits, html_path)
+        _print_explanations(loaded, texts, limits, html_path, png_path)
         return
     for batch in text_requests(texts, limits):
         outputs = loaded.signatures["serving_default"](text=tf.constant(batch, tf.string))
@@ -369,8 +371,8 @@ def predict_command(texts, explain, html_path, model_path, export_dir):
             click.echo(f"{label.decode()}\t{probability:.4f}\t{snippet}")
 
 
-def _print_explanations(loaded, texts, limits: dict, html_path: str | None) -> None:
-    """Each review's verdict, then its words with their attributions (a page too with ``html_path``)."""
+def _print_explanations(loaded, texts, limits: dict, html_path: str | None, png_path: str | None = None) -> None:
+    """Each review's verdict, then its words with their attributions (a page or a picture too)."""
     import sys
 
     from rnnapps import highlight
@@ -389,6 +391,9 @@ def _print_explanations(loaded, texts, limits: dict, html_path: str | None) -> N
     if html_path:
         Path(html_path).write_text(highlight.html_page(rows, "Why rnnapps judged these reviews so"), encoding="utf-8")
         click.echo(f"explanation page: {html_path}", err=True)
+    if png_path:
+        highlight.picture([row[1:] for row in rows], png_path, title="Why rnnapps judged these reviews so")
+        click.echo(f"explanation picture: {png_path}", err=True)
 
 
 PIPELINE = SentimentPipeline()

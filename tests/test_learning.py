@@ -1,0 +1,84 @@
+"""Every pipeline's smoke run must beat the model it started from, by a clear margin, on its own metric.
+
+Range checks (``0 <= F1 <= 1``, ``nll > 0``) pass for a model that never learned. Here each
+pipeline's canonical smoke run (conftest.py) is scored against its untrained twin: the same
+config, data and seed, scored by the same ``evaluate`` on the same test split
+(tests/baselines.py). The margins are a fraction of the gain the fixture runs reach, so an
+optimiser, loss or data bug that stops learning fails here.
+"""
+
+import math
+
+import pytest
+
+from rnnapps.pipelines import get_pipeline
+
+from .baselines import assert_beats, untrained
+from .conftest import CANONICAL_RUNS
+
+#: pipeline -> (metric, lower is better, the least gain over the untrained model)
+LEARNING = {
+    "sentiment": ("test_accuracy", False, 0.2),
+    "ner": ("test_f1", False, 0.15),
+    "translate": ("test_bleu_beam", False, 5.0),
+    "autoencoder": ("test_token_accuracy", False, 0.1),
+    "textgen": ("test_nats_per_char", True, 0.5),
+    "pixelrnn": ("test_nll_nats", True, 50.0),
+    "draw": ("test_nll_bound_nats", True, 50.0),
+}
+
+
+@pytest.fixture(scope="module")
+def untrained_metrics(canonical_run, tmp_path_factory):
+    """``untrained_metrics(pipeline)``: the canonical run's metrics for its untrained model, computed once."""
+    cache = {}
+
+    def get(pipeline):
+        if pipeline not in cache:
+            run = canonical_run(pipeline)
+            model, datasets = untrained(pipeline, run.result.config, CANONICAL_RUNS[pipeline]["data_dir"])
+            cache[pipeline] = get_pipeline(pipeline).evaluate(
+                model, datasets, run.result.config, tmp_path_factory.mktemp(f"untrained-{pipeline}")
+            )
+        return cache[pipeline]
+
+    return get
+
+
+#: Pipelines whose fixture smoke run does not yet beat its untrained model (measured 2026-12-03:
+#: ner test F1 0 vs 0, translate beam BLEU 1.54 vs 1.69, autoencoder token accuracy 0.013 vs 0.023).
+#: Strict: the day one of them learns, its xfail turns into a failure and the bar must be switched on.
+NOT_YET_LEARNING = {"ner", "translate", "autoencoder"}
+
+
+def _learning_cases():
+    for pipeline in sorted(LEARNING):
+        marks = [pytest.mark.xfail(strict=True, reason="the fixture smoke run does not learn yet (issue 18)")] \
+            if pipeline in NOT_YET_LEARNING else []
+        yield pytest.param(pipeline, marks=marks, id=pipeline)
+
+
+@pytest.mark.parametrize("pipeline", _learning_cases())
+def test_the_smoke_run_beats_its_untrained_model(pipeline, canonical_run, untrained_metrics):
+    metric, lower_is_better, margin = LEARNING[pipeline]
+    trained = canonical_run(pipeline).result.metrics[metric]
+    baseline = untrained_metrics(pipeline)[metric]
+    assert math.isfinite(trained) and math.isfinite(baseline)
+    assert_beats(trained, baseline, by=margin, name=f"{pipeline} {metric}", lower_is_better=lower_is_better)
+
+
+def test_textgen_beats_a_uniform_guess_over_its_vocabulary(canonical_run):
+    run = canonical_run("textgen")
+    datasets = get_pipeline("textgen").load_data(run.result.config, CANONICAL_RUNS["textgen"]["data_dir"])
+    vocabulary = len(datasets.info["vocabulary"])
+    nats = run.result.metrics["test_nats_per_char"]
+    # A uniform guess over the characters scores ln(V); a model that learned the fixture's letter
+    # frequencies and common bigrams is well below that.
+    assert nats < 0.8 * math.log(vocabulary), (nats, vocabulary)
+
+
+@pytest.mark.xfail(strict=True, reason="on 3 fixture sentences the barely trained model's beam BLEU is below greedy")
+def test_translate_beam_search_is_no_worse_than_greedy(canonical_run):
+    metrics = canonical_run("translate").result.metrics
+    assert metrics["beam_width"] > 1
+    assert metrics["test_bleu_beam"] >= metrics["test_bleu_greedy"] - 1e-9, metrics
