@@ -30,11 +30,6 @@ def untrained(pipeline: str, config, data_dir: Path) -> tuple[keras.Model, Datas
     return implementation.build_model(config, datasets), datasets
 
 
-def keras_model(run_dir: Path) -> keras.Model:
-    """The run's ``model.keras``, the model every exported signature must answer like."""
-    return keras.saving.load_model(Path(run_dir) / "model.keras")
-
-
 def assert_beats(trained: float, baseline: float, *, by: float, name: str, lower_is_better: bool = False) -> None:
     """``trained`` is better than the untrained ``baseline`` by at least ``by``, in the metric's own units."""
     gain = baseline - trained if lower_is_better else trained - baseline

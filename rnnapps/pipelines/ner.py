@@ -57,7 +57,13 @@ from rnnapps.pipelines.base import (
     served_model,
     text_requests,
 )
-from rnnapps.request_limits import batch_at_most, count_within, dimension_at_most, guarded, text_request
+from rnnapps.request_limits import (
+    batch_at_most,
+    count_within,
+    dimension_at_most,
+    guarded,
+    text_request,
+)
 
 CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
@@ -428,11 +434,15 @@ def predict_command(texts, n_best, model_path, export_dir):
         raise click.UsageError(f"--n-best {n_best} must be in [1, max_n_best={limits['max_n_best']}]")
     for batch in text_requests(texts, limits):
         outputs = loaded.signatures["tag_text"](text=tf.constant(batch, tf.string))
+        if "confidence" not in outputs:
+            raise click.ClickException(f"the export {path} predates per-token confidence; "
+                                       "export the run again with `rnnapps export ner`")
         best = loaded.signatures["n_best"](text=tf.constant(batch, tf.string), k=tf.constant(n_best)) if n_best else None
+        all_tags, all_confidence = outputs["tags"].numpy(), outputs["confidence"].numpy()
         for row, row_tokens in enumerate(outputs["tokens"].numpy()):
             tokens = [token.decode() for token in row_tokens if token]
-            confidence = outputs["confidence"].numpy()[row]
-            spans = entity_spans(outputs["tags"].numpy()[row][: len(tokens)])
+            confidence = all_confidence[row]
+            spans = entity_spans(all_tags[row][: len(tokens)])
             click.echo(annotate(tokens, spans, confidence))
             for span in spans:
                 entity_type, start, end = span
