@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output-dir", default="benchmarks/work/ner", help="Runs and exports go here.")
     parser.add_argument("--reliability-png", help="Copy the run's test reliability diagram here (e.g. docs/ner_reliability.png).")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="Continue (or only evaluate and export, if training finished) this run of an earlier "
+                             "session with its saved config; its training speed is then not measured.")
     args = parser.parse_args(argv)
 
     # Imported only now, so --help needs no TensorFlow.
@@ -98,7 +101,9 @@ def main(argv=None) -> int:
         set_options["embeddings"] = args.embeddings
     speed = TrainingSpeed(resolve_config(NerConfig, args.preset, set_options=set_options).batch_size)
     command, started = command_line("ner.py", argv), provenance_start()
-    run = timed_run("ner", args.preset, set_options, args.data_dir, args.output_dir, extra_callbacks=[speed])
+    # A resumed run keeps its saved config (embeddings included), so no --set travels with it.
+    run = timed_run("ner", args.preset, None if args.resume else set_options, args.data_dir, args.output_dir,
+                    extra_callbacks=[speed], resume=args.resume or False)
     result, wall_seconds = run.result, run.wall_seconds
     history = runtime.read_history(result.run_dir / "history.csv")
     epochs_run = len(history.get("loss", []))
@@ -121,10 +126,12 @@ def main(argv=None) -> int:
         "train_seconds": metrics["train_seconds_this_session"],
         "wall_seconds_total": round(wall_seconds, 1),
         "train_steps": speed.steps,
-        # Full batches assumed (a bucket's last batch is smaller): a slight overestimate.
+        # Full batches assumed (a bucket's last batch is smaller): a slight overestimate. None when
+        # this session trained no step (a resumed run whose training had finished).
         "training_sentences_per_second": round(
             speed.steps * result.config.batch_size / metrics["train_seconds_this_session"], 1
-        ),
+        ) if speed.steps else None,
+        **({"resumed_from": args.resume} if args.resume else {}),
         **_time_signatures(result.export_path, test_sentences),
         "run_dir": str(result.run_dir),
         "export": str(result.export_path),

@@ -33,7 +33,10 @@ def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bo
     if bins < 1:
         raise ValueError(f"Expected bins >= 1. Received: bins={bins}")
     if confidence.size and (np.nanmin(confidence) < 0 or np.nanmax(confidence) > 1 or np.isnan(confidence).any()):
-        raise ValueError("Expected confidences in [0, 1]")
+        raise ValueError(
+            f"Expected confidences in [0, 1]. Received: min {np.nanmin(confidence)!r}, max {np.nanmax(confidence)!r}, "
+            f"{int(np.isnan(confidence).sum())} NaN"
+        )
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
     table, error = [], 0.0

@@ -260,6 +260,19 @@ def test_marginals_match_brute_force_enumeration():
         np.testing.assert_allclose(marginals[row, :length].sum(-1), 1.0, atol=1e-5)
 
 
+def test_marginals_of_a_near_certain_tag_stay_probabilities():
+    # Evaluating a trained tagger on CoNLL test once found a marginal of 1.0000001: alpha + beta -
+    # log Z rounds above 0 in float32 when one tag takes nearly all the mass.
+    crf = CRF(5)
+    crf.build((None, None, 5))
+    rng = np.random.default_rng(7)
+    emissions = (rng.normal(size=(64, 30, 5)) * 40.0).astype("float32")
+    marginals = crf.marginals(emissions, np.ones((64, 30), bool)).numpy()
+    assert marginals.min() >= 0.0 and marginals.max() <= 1.0
+    assert marginals.max() == 1.0  # the case the clip exists for does occur here
+
+
+
 def test_k_best_paths_match_brute_force_and_start_with_viterbi():
     crf, emissions, mask = _random_crf_case()
     tags, log_probabilities = (value.numpy() for value in crf.k_best_decode(emissions, 5, mask))

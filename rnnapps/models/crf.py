@@ -270,7 +270,9 @@ class CRF(keras.layers.Layer):
         scores = ops.transpose(alphas, (1, 0, 2)) + ops.transpose(betas, (1, 0, 2))
         # With an unknown time length the scans lose the rank; the emissions' shape restores it.
         scores = ops.reshape(scores, ops.shape(emissions)) - ops.reshape(log_partition, (-1, 1, 1))
-        return ops.where(ops.expand_dims(mask, -1), ops.exp(scores), 0.0)
+        # alpha + beta - log Z can round a hair above 0 in float32 (a certain tag then reads as
+        # 1.0000001), which would put a "probability" outside [0, 1].
+        return ops.where(ops.expand_dims(mask, -1), ops.exp(ops.minimum(scores, 0.0)), 0.0)
 
     def k_best_decode(self, emissions, k: int, mask=None):
         """The ``k`` best tag paths (a list Viterbi) and their log-probabilities, best first.
