@@ -60,9 +60,9 @@ SENTIMENT_SETTINGS = {"embeddings": "none"}
 
 
 def _history_epochs(run_dir: Path) -> int:
-    from rnnapps import runtime
+    from rnnapps import run_dirs
 
-    return len(runtime.read_history(run_dir / "history.csv").get("epoch", []))
+    return len(run_dirs.read_history(run_dir / "history.csv").get("epoch", []))
 
 
 def run_multi30k(arguments, set_options: dict, previous: dict | None = None) -> dict:

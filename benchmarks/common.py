@@ -111,7 +111,7 @@ def load_served_copy(export_path, work_dir):
 
 def training_report(pipeline: str, preset: str, set_options: dict, run: TimedRun, speed: TrainingSpeed,
                     budget, unit: str = "images") -> dict:
-    """The report fields of a time-budgeted benchmark run; ``budget`` is its ``rnnapps.runtime.TimeBudget``."""
+    """The report fields of a time-budgeted benchmark run; ``budget`` is its ``rnnapps.training.TimeBudget``."""
     return {
         "pipeline": pipeline,
         "preset": preset,

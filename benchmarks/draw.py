@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
 from rnnapps.config import parse_set_options  # noqa: E402
-from rnnapps.runtime import TimeBudget  # noqa: E402
+from rnnapps.training import TimeBudget  # noqa: E402
 
 
 def write_docs_pictures(generate, docs: Path) -> None:

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         timed_run,
         write_report,
     )
-    from rnnapps import runtime
+    from rnnapps import run_dirs
     from rnnapps.config import parse_set_options, resolve_config
     from rnnapps.data import conll
     from rnnapps.pipelines.ner import NerConfig
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     run = timed_run("ner", args.preset, None if args.resume else set_options, args.data_dir, args.output_dir,
                     extra_callbacks=[speed], resume=args.resume or False)
     result, wall_seconds = run.result, run.wall_seconds
-    history = runtime.read_history(result.run_dir / "history.csv")
+    history = run_dirs.read_history(result.run_dir / "history.csv")
     epochs_run = len(history.get("loss", []))
     test_sentences = conll.load_conll_splits(args.data_dir)["test"]
     metrics = result.metrics

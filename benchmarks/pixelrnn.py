@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common  # noqa: E402
 from rnnapps.config import parse_set_options  # noqa: E402
 from rnnapps.data.images import load_images  # noqa: E402
+from rnnapps.image_plots import write_inpainting_grid  # noqa: E402
 from rnnapps.pipelines.base import spread_indices  # noqa: E402
-from rnnapps.pipelines.pixelrnn import occlusion_mask, write_inpainting_grid  # noqa: E402
-from rnnapps.runtime import TimeBudget  # noqa: E402
+from rnnapps.pipelines.pixelrnn import PICTURE_SCALE, occlusion_mask  # noqa: E402
+from rnnapps.training import TimeBudget  # noqa: E402
 
 
 def main() -> None:
@@ -73,8 +74,9 @@ def main() -> None:
     grid_known = occlusion_mask(originals.shape, "bottom")
     completions = inpaint(images=tf.constant(np.repeat(originals, 3, axis=0)),
                           mask=tf.constant(np.repeat(grid_known, 3, axis=0)), seed=tf.constant(0))["images"].numpy()
-    write_inpainting_grid(originals, grid_known, completions.reshape((8, 3) + originals.shape[1:]),
-                          ROOT / "docs" / "pixelrnn_inpainting.png")
+    completions = completions.reshape((8, 3) + originals.shape[1:]).astype("float32")
+    write_inpainting_grid(originals.astype("float32"), grid_known, completions, ROOT / "docs" / "pixelrnn_inpainting.png",
+                          scale=PICTURE_SCALE)
     shutil.copy(result.run_dir / "samples.png", ROOT / "docs" / "pixelrnn_samples.png")
 
     report = {

@@ -46,7 +46,7 @@ from benchmarks.common import (  # noqa: E402
 from rnnapps import runner  # noqa: E402
 from rnnapps.data import imdb  # noqa: E402
 from rnnapps.data.sources import resolve_data_dir  # noqa: E402
-from rnnapps.data.text import make_vectorizer, token_counts  # noqa: E402
+from rnnapps.text_ops import make_vectorizer, token_counts  # noqa: E402
 
 
 def real_tokens(texts, max_length):

@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         provenance_start,
         timed_run,
     )
-    from rnnapps import runtime
+    from rnnapps import run_dirs
     from rnnapps.config import parse_set_options
 
     command, started = command_line("textgen.py", argv), provenance_start()
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
                     arguments.work_dir)
     result, wall_seconds = run.result, run.wall_seconds
     config = result.config
-    history = runtime.read_history(result.run_dir / "history.csv")
+    history = run_dirs.read_history(result.run_dir / "history.csv")
     epochs_run = len(history.get("epoch", []))
     metrics = result.metrics
 

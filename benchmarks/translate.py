@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
         provenance_start,
         timed_run,
     )
-    from rnnapps import runtime
+    from rnnapps import run_dirs
     from rnnapps.config import parse_set_options
     from rnnapps.pipelines.translate import PIPELINE
 
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
                     arguments.work_dir)
     result, wall_seconds = run.result, run.wall_seconds
     config, metrics = result.config, result.metrics
-    history = runtime.read_history(result.run_dir / "history.csv")
+    history = run_dirs.read_history(result.run_dir / "history.csv")
 
     # Target tokens (labels, </s> included) per training step, averaged over one pass of the train split.
     datasets = PIPELINE.load_data(config, Path(arguments.data_dir))

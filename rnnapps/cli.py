@@ -16,12 +16,8 @@ import click
 from click.core import ParameterSource
 
 from rnnapps import pipelines
+from rnnapps.config import PRECISIONS, PRESET_NAMES, STRATEGIES
 from rnnapps.errors import RnnappsError
-
-PRESETS = ("smoke", "cpu", "full")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features, absl's banner): nothing a user can act on.
 # Lines written before absl's logging starts ignore TF_CPP_MIN_LOG_LEVEL, so `import tensorflow` runs
@@ -128,7 +124,7 @@ def list_command():
 
 @cli.command("run")
 @pipeline_argument
-@click.option("--preset", type=click.Choice(PRESETS), default="cpu", show_default=True,
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="cpu", show_default=True,
               help="smoke: seconds, for tests; cpu: a good result on 2 CPU cores; full: paper-sized, for a GPU.")
 @click.option("--epochs", type=int, help="Override the preset's number of epochs.")
 @click.option("--batch-size", type=int, help="Global batch size (split across replicas).")

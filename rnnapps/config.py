@@ -20,6 +20,10 @@ from typing import Any, ClassVar
 from rnnapps.errors import ConfigError
 
 PRESET_NAMES = ("smoke", "cpu", "full")
+#: ``--precision``: a Keras dtype policy, or ``auto`` (rnnapps.devices.choose_precision).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+#: ``--strategy``: a ``tf.distribute`` strategy, or ``auto`` (rnnapps.devices.choose_strategy).
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass
@@ -29,6 +33,10 @@ class TrainingConfig:
     Presets are a class attribute ``PRESETS`` mapping ``smoke`` (seconds, for
     tests), ``cpu`` (a good result on 2 CPU cores in minutes) and ``full`` (the
     paper-sized model for a GPU) to field overrides.
+
+    Validation has one hook: :meth:`validate`, which ``__post_init__`` runs, so every
+    construction and every ``dataclasses.replace`` (each preset, file, ``--set`` and flag
+    override) is checked. A pipeline's config extends it and calls ``super().validate()``.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "full": {}}
@@ -61,6 +69,50 @@ class TrainingConfig:
     # Serving: the most examples one request to an exported signature may carry. A request over it
     # is refused with an InvalidArgument error naming this limit (rnnapps/request_limits.py).
     max_request_batch: int = 1024
+    # Halve the learning rate when the validation loss has not improved for this many epochs
+    # (0: off). One learning-rate policy per run: this or learning_rate_decay, not both.
+    lr_decay_patience: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field; subclasses extend it."""
+        for name in ("epochs", "batch_size", "max_request_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be > 0")
+        check_learning_rate_schedule(self.learning_rate_decay, self.learning_rate_hold_epochs)
+        if self.lr_decay_patience < 0:
+            raise ConfigError(f"lr_decay_patience={self.lr_decay_patience!r} must be >= 0 (0: off)")
+        if self.lr_decay_patience and self.learning_rate_decay != 1.0:
+            raise ConfigError(
+                f"lr_decay_patience={self.lr_decay_patience!r} and learning_rate_decay={self.learning_rate_decay!r} "
+                f"are two learning-rate policies; choose one (set the other to its default)"
+            )
+        check_backup_interval(self.backup_every_minutes)
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise ConfigError(f"time_budget_minutes must be > 0, got {self.time_budget_minutes}")
+
+
+def check_learning_rate_schedule(decay: float, hold_epochs: int) -> None:
+    """Raise :class:`ConfigError` for a schedule that is invalid or would silently do nothing."""
+    if not 0 < decay <= 1:
+        raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
+    if hold_epochs < 0:
+        raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
+    if decay == 1.0 and hold_epochs:
+        raise ConfigError(
+            f"learning_rate_hold_epochs={hold_epochs!r} holds the rate before a decay, but "
+            f"learning_rate_decay=1 means no decay: set learning_rate_decay below 1 too, or drop the hold"
+        )
+
+
+def check_backup_interval(minutes: float | None) -> None:
+    """Raise :class:`ConfigError` for a negative ``backup_every_minutes``."""
+    if minutes is not None and minutes < 0:
+        raise ConfigError(f"backup_every_minutes={minutes!r} must be >= 0 (0 or none: back up at epoch ends only)")
 
 
 def _field_types(config_cls: type) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Pictures of images: tiled grids (PNG), animated grids (GIF) and per-step bar charts.
 
 Used by the generative pipelines (DRAW's samples, reconstructions and the
-canvas drawn step by step). Images are NumPy arrays ``(N, H, W, C)`` with
-``C`` 1 (greyscale) or 3 (RGB), either float in ``[0, 1]`` or ``uint8``
-``0-255``. PNG and GIF files are written with Pillow (a matplotlib dependency),
+canvas drawn step by step; PixelRNN's samples and inpaintings). Images are
+NumPy arrays ``(N, H, W, C)`` with ``C`` 1 (greyscale) or 3 (RGB), either
+float in ``[0, 1]`` or ``uint8`` ``0-255``. PNG and GIF files are written with Pillow (a matplotlib dependency),
 charts with matplotlib's headless Agg backend.
 """
 
@@ -66,6 +66,31 @@ def write_image_grid(images, path, columns: int = 8, scale: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _pillow_image(tile_images(images, columns, scale)).save(path, format="PNG")
     return path
+
+
+def write_inpainting_grid(originals, known, completions, path, scale: int = 2) -> Path:
+    """Write the PixelRNN paper's inpainting figure: one row per image, occluded | completions | original.
+
+    Args:
+        originals: ``(N, H, W, C)`` images, float ``[0, 1]`` or ``uint8``
+            (binary 0/1 images: pass them as floats).
+        known: ``(N, H, W, C)``, nonzero where a pixel was visible; hidden
+            pixels of the occluded image are shown mid-grey.
+        completions: ``(N, K, H, W, C)``, ``K`` completions of every image, as ``originals``.
+        path: the ``.png`` to write.
+        scale: as in :func:`tile_images`.
+
+    Example:
+
+    >>> images = np.ones((2, 4, 4, 1), "float32")
+    >>> known = np.ones_like(images)
+    >>> path = write_inpainting_grid(images, known, images[:, None], "/tmp/inpainting.png")
+    """
+    originals = to_uint8(originals)
+    completions = to_uint8(completions)
+    occluded = np.where(np.asarray(known) > 0, originals, np.uint8(128))
+    rows = np.concatenate([occluded[:, None], completions, originals[:, None]], axis=1)
+    return write_image_grid(rows.reshape((-1,) + rows.shape[2:]), path, columns=rows.shape[1], scale=scale)
 
 
 def write_grid_animation(

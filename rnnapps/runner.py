@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from rnnapps import runtime
+from rnnapps import devices, run_dirs, training
 from rnnapps.config import apply_overrides, config_to_dict, load_config, resolve_config, save_config
 from rnnapps.data.sources import resolve_data_dir
 from rnnapps.errors import ConfigError
@@ -38,10 +38,10 @@ class RunResult:
 
 
 def _prepare(pipeline, config, precision: str, strategy_name: str):
-    policy = runtime.choose_precision(precision)
-    runtime.apply_precision(policy)
-    runtime.seed_everything(config.seed)
-    return policy, runtime.choose_strategy(strategy_name)
+    policy = devices.choose_precision(precision)
+    devices.apply_precision(policy)
+    devices.seed_everything(config.seed)
+    return policy, devices.choose_strategy(strategy_name)
 
 
 def run(
@@ -72,8 +72,8 @@ def run(
     """
     pipeline = get_pipeline(name)
     if resume:
-        run_dir = runtime.latest_run_dir(output_dir, name) if resume is True else Path(resume)
-        if (run_dir / MODEL_FILE).exists() and not (run_dir / runtime.BACKUP_DIR).exists():
+        run_dir = run_dirs.latest_run_dir(output_dir, name) if resume is True else Path(resume)
+        if (run_dir / MODEL_FILE).exists() and not (run_dir / run_dirs.BACKUP_DIR).exists():
             raise ConfigError(
                 f"{str(run_dir)!r} finished without a training backup (runs of older rnnapps versions delete it), "
                 f"so it cannot be continued; start a new run"
@@ -89,8 +89,8 @@ def run(
             saved_decay = config.learning_rate_decay
             config = apply_overrides(config, set_options, "--set")
             if saved_decay == 1.0 and config.learning_rate_decay != 1.0:
-                # Its history.csv has no learning_rate column to append to, and a pipeline's own rate
-                # callback (translate's ReduceLROnPlateau) would fight a schedule added now.
+                # Its history.csv has no learning_rate column to append to. (A run with the plateau
+                # policy, lr_decay_patience, is refused by the config: one rate policy per run.)
                 raise ConfigError(
                     f"{str(run_dir)!r} was trained without a learning-rate schedule (learning_rate_decay=1), so "
                     f"--resume cannot add one; start a new run with --set learning_rate_decay=..."
@@ -101,22 +101,20 @@ def run(
         flags = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
         config = resolve_config(pipeline.config_class, preset, config_file, set_options, flags)
         run_dir = None
-    # Checked before anything is written: a resume must not save a config it cannot run, and a
-    # new run must not leave an empty run directory behind.
-    runtime.check_learning_rate_schedule(config.learning_rate_decay, config.learning_rate_hold_epochs)
-    runtime.check_backup_interval(config.backup_every_minutes)
+    # Every config above was validated as it was built (TrainingConfig.validate), before anything
+    # is written. The data comes before the run directory too: missing data is the commonest failure,
+    # and a new run must not leave an empty run directory behind.
     policy, strategy_obj = _prepare(pipeline, config, precision, strategy)
-    # The data before the run directory, for the same reason: missing data is the commonest failure.
     datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
     train = dict(extra_callbacks=extra_callbacks, verbose=verbose, resume_hint=f"--output-dir {output_dir}")
-    if not runtime.is_chief(strategy_obj):
+    if not devices.is_chief(strategy_obj):
         return _run_worker(pipeline, config, datasets, strategy_obj, run_dir, **train)
-    run_dir = run_dir or runtime.new_run_dir(output_dir, name)
+    run_dir = run_dir or run_dirs.new_run_dir(output_dir, name)
     save_config(config, run_dir / "config.json")
     print(f"rnnapps: {name} run in {run_dir} (precision {policy}, {strategy_obj.num_replicas_in_sync} replica(s))")
     model, train_seconds = _train(pipeline, config, datasets, strategy_obj, run_dir, **train)
     model.save(run_dir / MODEL_FILE)
-    if runtime.is_multi_worker(strategy_obj):
+    if devices.is_multi_worker(strategy_obj):
         import keras
 
         # The chief evaluates and exports alone: a copy outside the strategy never waits on a
@@ -124,11 +122,11 @@ def run(
         model = keras.saving.load_model(run_dir / MODEL_FILE)
     metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
     metrics["train_seconds_this_session"] = round(train_seconds, 2)
-    runtime.write_json(run_dir / "metrics.json", metrics)
+    run_dirs.write_json(run_dir / "metrics.json", metrics)
     export_path = None
     if export_dir:
         export_path = export(name, run_dir=run_dir, export_dir=export_dir, model=model, config=config, metrics=metrics)
-    runtime.wait_for_other_workers(strategy_obj)
+    devices.wait_for_other_workers(strategy_obj)
     return RunResult(run_dir, metrics, export_path, config)
 
 
@@ -138,7 +136,7 @@ def _train(pipeline, config, datasets, strategy_obj, run_dir: Path, extra_callba
         model = pipeline.build_model(config, datasets)
     started = time.perf_counter()
     try:
-        runtime.fit(
+        training.fit(
             model,
             datasets,
             config,
@@ -161,15 +159,15 @@ def _run_worker(pipeline, config, datasets, strategy_obj, resumed: Path | None, 
     copies the chief's training state into it, so every worker restores the same step. That needs
     the chief's run directory readable here (a shared file system, docs/distributed.md).
     """
-    task_type, task_id = runtime.task_of(strategy_obj)
-    with runtime.worker_scratch_dir(strategy_obj) as scratch:
+    task_type, task_id = devices.task_of(strategy_obj)
+    with devices.worker_scratch_dir(strategy_obj) as scratch:
         if resumed:
-            runtime.copy_training_state(resumed, scratch)
+            run_dirs.copy_training_state(resumed, scratch)
         save_config(config, scratch / "config.json")
         print(f"rnnapps: {pipeline.name} {task_type} {task_id} trains in step with the chief (scratch files in {scratch})")
         model, _ = _train(pipeline, config, datasets, strategy_obj, scratch, **train)
         model.save(scratch / MODEL_FILE)
-        runtime.wait_for_other_workers(strategy_obj)  # the chief's evaluation and export
+        devices.wait_for_other_workers(strategy_obj)  # the chief's evaluation and export
     return RunResult(scratch, {}, None, config, chief=False)
 
 
@@ -177,7 +175,7 @@ def _evaluate_and_plot(pipeline, model, datasets, config, run_dir: Path) -> dict
     from rnnapps import plots
 
     metrics = pipeline.evaluate(model, datasets, config, run_dir)
-    history = runtime.read_history(run_dir / "history.csv")
+    history = run_dirs.read_history(run_dir / "history.csv")
     if history:
         plots.learning_curves(history, run_dir / "learning_curves.png", title=f"{pipeline.name} learning curves")
     return metrics
@@ -188,7 +186,7 @@ def load_run(name: str, run_dir: str | Path | None = None, output_dir: str = "ru
     import keras
 
     pipeline = get_pipeline(name)
-    run_dir = Path(run_dir) if run_dir else runtime.latest_run_dir(output_dir, name)
+    run_dir = Path(run_dir) if run_dir else run_dirs.latest_run_dir(output_dir, name)
     config = load_config(pipeline.config_class, run_dir / "config.json")
     model_path = run_dir / MODEL_FILE
     if not model_path.exists():
@@ -202,7 +200,7 @@ def evaluate(name: str, run_dir: str | None = None, output_dir: str = "runs", da
     pipeline, config, model, run_dir = load_run(name, run_dir, output_dir)
     datasets = pipeline.load_data(config, resolve_data_dir(data_dir))
     metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
-    runtime.write_json(run_dir / "metrics.json", metrics)
+    run_dirs.write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from rnnapps import runtime
+from rnnapps import devices
 from rnnapps.pipelines import get_pipeline
 from rnnapps.pipelines.base import Datasets
 
@@ -25,7 +25,7 @@ def untrained(pipeline: str, config, data_dir: Path) -> tuple[keras.Model, Datas
     this config started from.
     """
     implementation = get_pipeline(pipeline)
-    runtime.seed_everything(config.seed)
+    devices.seed_everything(config.seed)
     datasets = implementation.load_data(config, Path(data_dir))
     return implementation.build_model(config, datasets), datasets
 

@@ -5,7 +5,7 @@ layer is checked for a config round trip, serialize/deserialize, identical
 outputs after a ``.keras`` save/load, and identical outputs through a
 SavedModel reloaded with ``tf.saved_model.load`` (Python's object loader).
 Whole pipeline exports are also loaded the way TensorFlow Serving's C++ server
-loads them, through a TF1 session (tests/serving_checks.py, tests/test_serving.py).
+loads them, through a TF1 session (tests/serving_checks.py, tests/pipelines/test_serving.py).
 """
 
 from __future__ import annotations

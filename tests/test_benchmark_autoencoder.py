@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks import autoencoder as benchmark
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.conftest import FIXTURE_DATA
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("autoencoder_benchmark")
     common = [
-        "--data-dir", str(FIXTURES / "data"), "--multi30k-data-dir", str(FIXTURES),
+        "--data-dir", str(FIXTURE_DATA), "--multi30k-data-dir", str(FIXTURE_DATA),
         "--preset", "smoke", "--sentiment-preset", "smoke",
         "--work-dir", str(root / "work"), "--results", str(root / "results.json"),
     ]
@@ -39,7 +38,7 @@ def test_records_both_parts_with_their_settings(first_run):
     assert multi30k["config"]["epochs"] == 2 and multi30k["epochs_run"] == 2
     assert 0 <= multi30k["val_token_accuracy"] <= 1 and 0 <= multi30k["val_beam_token_accuracy"] <= 1
     assert multi30k["target_met"] == (multi30k["val_token_accuracy"] >= benchmark.TARGET_VAL_TOKEN_ACCURACY)
-    with gzip.open(FIXTURES / "multi30k" / "val.en.gz", "rt", encoding="utf-8") as val:
+    with gzip.open(FIXTURE_DATA / "multi30k" / "val.en.gz", "rt", encoding="utf-8") as val:
         assert multi30k["val_examples"] == sum(1 for line in val if line.strip())
     assert len(multi30k["sessions"]) == 1 and multi30k["wall_seconds"] == multi30k["sessions"][0]
 

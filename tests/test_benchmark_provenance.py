@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks import common
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 SCRIPTS = sorted(path for path in (ROOT / "benchmarks").glob("*.py") if path.name != "common.py")
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import keras
@@ -5,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import devices, run_dirs, training
+from rnnapps.config import TrainingConfig, check_backup_interval
 from rnnapps.errors import ConfigError, TrainingError
 from rnnapps.pipelines.base import Datasets
 
@@ -17,42 +19,42 @@ def restore_policy():
 
 
 def test_precision_auto_picks_mixed_float16_only_on_gpu():
-    assert runtime.choose_precision("auto", gpus=1) == "mixed_float16"
-    assert runtime.choose_precision("auto", gpus=0) == "float32"
-    assert runtime.choose_precision("mixed_bfloat16", gpus=0) == "mixed_bfloat16"
+    assert devices.choose_precision("auto", gpus=1) == "mixed_float16"
+    assert devices.choose_precision("auto", gpus=0) == "float32"
+    assert devices.choose_precision("mixed_bfloat16", gpus=0) == "mixed_bfloat16"
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
-        runtime.choose_precision("fp8")
+        devices.choose_precision("fp8")
 
 
 def test_strategy_choice():
-    assert isinstance(runtime.choose_strategy("auto", gpus=0), type(tf.distribute.get_strategy()))
-    assert isinstance(runtime.choose_strategy("mirrored", gpus=0), tf.distribute.MirroredStrategy)
+    assert isinstance(devices.choose_strategy("auto", gpus=0), type(tf.distribute.get_strategy()))
+    assert isinstance(devices.choose_strategy("mirrored", gpus=0), tf.distribute.MirroredStrategy)
     with pytest.raises(ConfigError, match="unknown strategy"):
-        runtime.choose_strategy("ring")
+        devices.choose_strategy("ring")
 
 
 def test_multiworker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
-        runtime.choose_strategy("multiworker")
+        devices.choose_strategy("multiworker")
 
 
 def test_run_dirs_are_unique_and_latest_is_found(tmp_path):
-    first = runtime.new_run_dir(tmp_path, "toy")
+    first = run_dirs.new_run_dir(tmp_path, "toy")
     (first / "config.json").write_text("{}")
-    second = runtime.new_run_dir(tmp_path, "toy")
+    second = run_dirs.new_run_dir(tmp_path, "toy")
     (second / "config.json").write_text("{}")
-    assert first != second and runtime.latest_run_dir(tmp_path, "toy") == max(first, second)
+    assert first != second and run_dirs.latest_run_dir(tmp_path, "toy") == max(first, second)
     with pytest.raises(ConfigError, match="no runs of 'other'"):
-        runtime.latest_run_dir(tmp_path, "other")
+        run_dirs.latest_run_dir(tmp_path, "other")
 
 
-class _Config:
-    epochs = 2
-    steps_per_epoch = None
-    early_stopping_patience = 0
-    learning_rate = 1e-3
-    clipnorm = 1.0
+# TrainingConfig's fields as class attributes, so that a test changes one by subclassing.
+_Config = type("_Config", (), {
+    **{field.name: field.default for field in dataclasses.fields(TrainingConfig)},
+    "epochs": 2, "steps_per_epoch": None, "early_stopping_patience": 0, "learning_rate": 1e-3, "clipnorm": 1.0,
+    "backup_every_minutes": None,
+})
 
 
 def _toy_datasets(poison=False):
@@ -66,13 +68,13 @@ def _toy_datasets(poison=False):
 
 def _toy_model():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile(runtime.make_optimizer(_Config), "mse")
+    model.compile(training.make_optimizer(_Config), "mse")
     return model
 
 
 def test_fit_writes_history_checkpoints_and_logs(tmp_path):
-    runtime.fit(_toy_model(), _toy_datasets(), _Config, tmp_path, "val_loss", "min", verbose=0)
-    history = runtime.read_history(tmp_path / "history.csv")
+    training.fit(_toy_model(), _toy_datasets(), _Config, tmp_path, "val_loss", "min", verbose=0)
+    history = run_dirs.read_history(tmp_path / "history.csv")
     assert len(history["loss"]) == 2 and all(math.isfinite(v) for v in history["val_loss"])
     assert (tmp_path / "checkpoints" / "best.weights.h5").exists()
     assert any((tmp_path / "logs").rglob("*"))
@@ -84,12 +86,12 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         backup_every_minutes = 1e-9
 
     with pytest.raises(TrainingError, match="loss became NaN"):
-        runtime.fit(_toy_model(), _toy_datasets(poison=True), Backed, tmp_path, "val_loss", "min", verbose=0)
-    assert runtime.read_backup(tmp_path / "backup") is None  # the NaN weights were never backed up
+        training.fit(_toy_model(), _toy_datasets(poison=True), Backed, tmp_path, "val_loss", "min", verbose=0)
+    assert training.read_backup(tmp_path / "backup") is None  # the NaN weights were never backed up
 
 
 def test_mixed_precision_keeps_float32_outputs(restore_policy):
-    runtime.apply_precision(runtime.choose_precision("auto", gpus=1))
+    devices.apply_precision(devices.choose_precision("auto", gpus=1))
     from rnnapps.pipelines.sentiment import SentimentConfig, SentimentPipeline
 
     config = SentimentConfig(vocab_size=20, embedding_dim=4, units=4, max_length=8)
@@ -106,10 +108,10 @@ def test_time_budget_stops_training_and_keeps_history(tmp_path):
         epochs = 50
         time_budget_minutes = 1e-9
 
-    runtime.fit(_toy_model(), _toy_datasets(), Budget, tmp_path, "val_loss", "min", verbose=0)
-    assert len(runtime.read_history(tmp_path / "history.csv")["loss"]) == 1
+    training.fit(_toy_model(), _toy_datasets(), Budget, tmp_path, "val_loss", "min", verbose=0)
+    assert len(run_dirs.read_history(tmp_path / "history.csv")["loss"]) == 1
     with pytest.raises(ConfigError, match="time_budget_minutes"):
-        runtime.TimeBudget(0)
+        training.TimeBudget(0)
 
 
 def test_extra_callbacks_can_add_the_monitored_metric(tmp_path):
@@ -121,8 +123,8 @@ def test_extra_callbacks_can_add_the_monitored_metric(tmp_path):
         epochs = 3
         early_stopping_patience = 1
 
-    runtime.fit(_toy_model(), _toy_datasets(), Patient, tmp_path, "val_score", "max", extra_callbacks=[AddScore()], verbose=0)
-    assert runtime.read_history(tmp_path / "history.csv")["val_score"] == [0.0, 1.0, 2.0]
+    training.fit(_toy_model(), _toy_datasets(), Patient, tmp_path, "val_score", "max", extra_callbacks=[AddScore()], verbose=0)
+    assert run_dirs.read_history(tmp_path / "history.csv")["val_score"] == [0.0, 1.0, 2.0]
 
 
 def test_learning_rate_decays_once_per_epoch(tmp_path):
@@ -136,16 +138,16 @@ def test_learning_rate_decays_once_per_epoch(tmp_path):
         def on_epoch_begin(self, epoch, logs=None):
             seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
-    runtime.fit(_toy_model(), _toy_datasets(), Decaying, tmp_path, "val_loss", "min", extra_callbacks=[RecordRate()], verbose=0)
+    training.fit(_toy_model(), _toy_datasets(), Decaying, tmp_path, "val_loss", "min", extra_callbacks=[RecordRate()], verbose=0)
     assert seen == pytest.approx([1e-3, 5e-4, 2.5e-4])
-    assert runtime.learning_rate_decay_callback(1e-3, 1.0) is None
+    assert training.learning_rate_decay_callback(1e-3, 1.0) is None
     with pytest.raises(ConfigError, match="learning_rate_decay"):
-        runtime.learning_rate_decay_callback(1e-3, 1.5)
+        training.learning_rate_decay_callback(1e-3, 1.5)
     with pytest.raises(ConfigError, match="learning_rate_hold_epochs"):
-        runtime.learning_rate_decay_callback(1e-3, 0.5, hold_epochs=-1)
+        training.learning_rate_decay_callback(1e-3, 0.5, hold_epochs=-1)
     # A hold with no decay would silently do nothing.
     with pytest.raises(ConfigError, match="learning_rate_decay=1 means no decay"):
-        runtime.learning_rate_decay_callback(1e-3, 1.0, hold_epochs=3)
+        training.learning_rate_decay_callback(1e-3, 1.0, hold_epochs=3)
 
 
 def test_learning_rate_is_held_before_it_decays(tmp_path):
@@ -154,8 +156,8 @@ def test_learning_rate_is_held_before_it_decays(tmp_path):
         learning_rate_decay = 0.5
         learning_rate_hold_epochs = 2
 
-    runtime.fit(_toy_model(), _toy_datasets(), Held, tmp_path, "val_loss", "min", verbose=0)
-    assert runtime.read_history(tmp_path / "history.csv")["learning_rate"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    training.fit(_toy_model(), _toy_datasets(), Held, tmp_path, "val_loss", "min", verbose=0)
+    assert run_dirs.read_history(tmp_path / "history.csv")["learning_rate"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -180,9 +182,9 @@ class _Backed(_Config):
 
 def test_a_mid_epoch_backup_resumes_that_step_and_logs_each_epoch_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        runtime.fit(_toy_model(), _toy_datasets(), _Backed, tmp_path, "val_loss", "min",
+        training.fit(_toy_model(), _toy_datasets(), _Backed, tmp_path, "val_loss", "min",
                     extra_callbacks=[_Interrupt(epoch=1, batch=2)], verbose=0)
-    backup = runtime.read_backup(tmp_path / "backup")
+    backup = training.read_backup(tmp_path / "backup")
     assert (backup["epoch"], backup["batch"]) == (1, 1)  # after batch 2 of the second epoch
     assert [p.name for p in (tmp_path / "backup").glob("*.weights.h5")] == [backup["weights"]]
     # As if the kill had come after epoch 1's row was logged but before its backup: the row must not count twice.
@@ -192,19 +194,19 @@ def test_a_mid_epoch_backup_resumes_that_step_and_logs_each_epoch_once(tmp_path)
     (tmp_path / "backup" / "state-99.weights.h5").write_bytes(b"\x89HDF half")
     (tmp_path / "backup" / ".training_metadata.json.tmp").write_text("{")
     model = _toy_model()
-    runtime.fit(model, _toy_datasets(), _Backed, tmp_path, "val_loss", "min", verbose=0)
-    assert runtime.read_history(tmp_path / "history.csv")["epoch"] == [0.0, 1.0, 2.0]
+    training.fit(model, _toy_datasets(), _Backed, tmp_path, "val_loss", "min", verbose=0)
+    assert run_dirs.read_history(tmp_path / "history.csv")["epoch"] == [0.0, 1.0, 2.0]
     # 4 batches of epoch 0 and 2 of epoch 1 restored, then epoch 1 again from its start and epoch 2.
     assert int(model.optimizer.iterations.numpy()) == 4 + 2 + 4 + 4
-    assert runtime.read_backup(tmp_path / "backup")["epoch"] == 3
+    assert training.read_backup(tmp_path / "backup")["epoch"] == 3
     assert len(list((tmp_path / "backup").glob("*.weights.h5"))) == 1
 
 
 def test_backup_interval_is_checked():
-    runtime.check_backup_interval(None)
-    runtime.check_backup_interval(0)
+    check_backup_interval(None)
+    check_backup_interval(0)
     with pytest.raises(ConfigError, match="backup_every_minutes=-1"):
-        runtime.check_backup_interval(-1)
+        check_backup_interval(-1)
 
 
 def test_the_first_epoch_knows_its_step_count(tmp_path):
@@ -212,7 +214,7 @@ def test_the_first_epoch_knows_its_step_count(tmp_path):
     # Filtering (like bucketing) leaves the cardinality unknown: 10 examples kept, 3 batches of 4.
     train = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).filter(lambda a, b: a[0] % 4 == 0).batch(4)
     assert int(train.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
-    assert int(runtime.with_known_length(train).cardinality()) == 3
+    assert int(training.with_known_length(train).cardinality()) == 3
     steps = []
 
     class RecordSteps(keras.callbacks.Callback):
@@ -220,20 +222,20 @@ def test_the_first_epoch_knows_its_step_count(tmp_path):
             steps.append(self.params["steps"])
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(runtime.make_optimizer(_Config), "mse")
-    runtime.fit(model, Datasets(train, train, train), _Config, tmp_path, "val_loss", "min",
+    model.compile(training.make_optimizer(_Config), "mse")
+    training.fit(model, Datasets(train, train, train), _Config, tmp_path, "val_loss", "min",
                 extra_callbacks=[RecordSteps()], verbose=0)
     assert steps == [3]
 
 
 def test_only_the_chief_writes_and_worker_scratch_is_removed(tmp_path, monkeypatch):
     default = tf.distribute.get_strategy()
-    assert runtime.is_chief(default) and runtime.task_of(default) == ("chief", 0)
-    monkeypatch.delenv(runtime.WORKER_DIR_ENV, raising=False)
-    with runtime.worker_scratch_dir(default) as scratch:
+    assert devices.is_chief(default) and devices.task_of(default) == ("chief", 0)
+    monkeypatch.delenv(devices.WORKER_DIR_ENV, raising=False)
+    with devices.worker_scratch_dir(default) as scratch:
         (scratch / "history.csv").write_text("epoch\n")
     assert not scratch.exists()
-    monkeypatch.setenv(runtime.WORKER_DIR_ENV, str(tmp_path / "kept"))
-    with runtime.worker_scratch_dir(default) as scratch:
+    monkeypatch.setenv(devices.WORKER_DIR_ENV, str(tmp_path / "kept"))
+    with devices.worker_scratch_dir(default) as scratch:
         (scratch / "model.keras").write_text("")
     assert (tmp_path / "kept" / "model.keras").exists()

@@ -25,13 +25,12 @@ import keras
 import tensorflow as tf
 
 from rnnapps.data import sources
+from rnnapps.text_ops import OOV_TOKEN, PADDING, case_feature_ids, normalise_word, normalise_words
 
 DATASET = "CoNLL-2003"
 SPLITS = ("train", "valid", "test")
 DOCSTART = "-DOCSTART-"
 LINE_END = "\r\n"
-PADDING = ""
-OOV_TOKEN = "[UNK]"
 # Relative layouts tried in order; a layout counts only when all three splits exist.
 LAYOUTS = (
     {"train": "conll2003/train.txt", "valid": "conll2003/valid.txt", "test": "conll2003/test.txt"},
@@ -46,11 +45,8 @@ LAYOUTS = (
 )
 TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
-CASE_CATEGORIES = ("padding", "lower", "upper", "title", "mixed", "numeric", "has_digit", "other")
-NUM_CASE_CATEGORIES = len(CASE_CATEGORIES)
 
 _TAG_PATTERN = re.compile(r"^(O|[BI]-\S+)$")
-_DIGITS = re.compile(r"[0-9]")
 
 
 @dataclass
@@ -181,16 +177,6 @@ def _load_tfds(directory) -> dict[str, list[Sentence]]:
     return splits
 
 
-def normalise_word(word: str) -> str:
-    """The word-vocabulary key of a token: lowercased, every ASCII digit turned to ``0``."""
-    return _DIGITS.sub("0", word.lower())
-
-
-def normalise_words(tokens: tf.Tensor) -> tf.Tensor:
-    """:func:`normalise_word` on a string tensor of any shape, in the graph."""
-    return tf.strings.regex_replace(tf.strings.lower(tokens, encoding="utf-8"), "[0-9]", "0")
-
-
 @dataclass
 class Vocabularies:
     """Word, char and tag vocabularies (no padding or OOV entries; lookups add them).
@@ -283,37 +269,6 @@ def make_tag_decoder(vocab: Vocabularies) -> keras.layers.StringLookup:
     )
     decoder.build(None)
     return decoder
-
-
-def case_feature_ids(tokens: tf.Tensor) -> tf.Tensor:
-    """Case/shape category id of every token (int32, same shape), see ``CASE_CATEGORIES``.
-
-    0 padding (``""``), 1 lower (``lamb``), 2 upper (``EU``, ``U.S.``), 3 title
-    (``Peter``), 4 mixed (``McDonald``), 5 numeric (``1996``, ``3,000.5``),
-    6 has a digit (``1996-08-22``), 7 other (punctuation). Letters are matched
-    by Unicode category, digits as ASCII.
-    """
-    tokens = tf.convert_to_tensor(tokens, dtype=tf.string)
-
-    def matches(pattern):
-        return tf.strings.regex_full_match(tokens, pattern)
-
-    has_lower = matches(r".*\p{Ll}.*")
-    has_upper = matches(r".*\p{Lu}.*")
-    # Checked from the last rule to the first, so the first matching rule wins.
-    rules = (
-        (tf.equal(tokens, PADDING), 0),
-        (matches(r"[-+]?[0-9]+([.,][0-9]+)*"), 5),
-        (matches(r".*[0-9].*"), 6),
-        (has_upper & ~has_lower, 2),
-        (matches(r"\p{Lu}[^\p{Lu}]*") & has_lower, 3),
-        (has_lower & ~has_upper, 1),
-        (has_lower & has_upper, 4),
-    )
-    ids = tf.fill(tf.shape(tokens), tf.constant(7, tf.int32))
-    for condition, category in reversed(rules):
-        ids = tf.where(condition, tf.constant(category, tf.int32), ids)
-    return ids
 
 
 def featurize(tokens: tf.Tensor, word_lookup, char_lookup, max_chars: int | None = None) -> dict[str, tf.Tensor]:

@@ -63,7 +63,7 @@ def read_word_vectors(
     of ``vocabulary[i]``; the padding entry ``""`` gets a zero row; words without
     a vector get random normal rows with the standard deviation of the vectors
     found, so they start on the same scale. With ``normalise`` (for example
-    ``conll.normalise_word``) the file's words are normalised first and the
+    ``rnnapps.text_ops.normalise_word``) the file's words are normalised first and the
     first (most frequent, in GloVe's order) vector of each key wins. Logs the
     coverage.
 

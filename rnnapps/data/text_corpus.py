@@ -22,18 +22,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from rnnapps.data import sources
 from rnnapps.errors import DataNotFoundError
+from rnnapps.text_ops import encode_text
 
 DATASET = "Tiny Shakespeare"
 EXPECTED_FILES = ("shakespeare/input.txt",)
 TFDS_NAME = "tiny_shakespeare"
 TFDS_SPLITS = ("train", "validation", "test")
-OOV_TOKEN = "[UNK]"
 
 
 def _read_text(path: Path) -> str:
@@ -150,49 +149,6 @@ def build_char_vocabulary(text: str) -> list[str]:
     ['e', 'h', 'l', 'o']
     """
     return sorted(set(text))
-
-
-def make_char_lookup(vocabulary, oov_token: str = OOV_TOKEN):
-    """Character <-> id lookups; id 0 is the out-of-vocabulary bucket.
-
-    Args:
-        vocabulary: the characters, e.g. from :func:`build_char_vocabulary`.
-        oov_token: the string the inverse lookup returns for id 0.
-
-    Returns:
-        ``(lookup, inverse)``: two ``keras.layers.StringLookup`` layers, chars
-        to int64 ids and ids back to chars. ``lookup.vocabulary_size()`` is
-        ``len(vocabulary) + 1``.
-
-    Example:
-
-    >>> lookup, inverse = make_char_lookup(["a", "b"])
-    >>> lookup(tf.constant(["a", "b", "z"])).numpy()
-    array([1, 2, 0])
-    """
-    vocabulary = list(vocabulary)
-    for char in vocabulary:
-        if len(char) != 1:
-            raise ValueError(f"Expected single characters in vocabulary. Received: {char!r}")
-    if len(set(vocabulary)) != len(vocabulary):
-        raise ValueError("Expected unique characters in vocabulary. Received duplicates.")
-    lookup = keras.layers.StringLookup(
-        vocabulary=vocabulary, num_oov_indices=1, mask_token=None, oov_token=oov_token, name="char_to_id"
-    )
-    inverse = keras.layers.StringLookup(
-        vocabulary=vocabulary, num_oov_indices=1, mask_token=None, oov_token=oov_token, invert=True, name="id_to_char"
-    )
-    return lookup, inverse
-
-
-def encode_text(text, lookup) -> tf.Tensor:
-    """Graph-friendly text -> int32 ids (a string scalar gives ``(chars,)``, a batch a ragged tensor)."""
-    return tf.cast(lookup(tf.strings.unicode_split(text, "UTF-8")), tf.int32)
-
-
-def decode_ids(ids, inverse) -> tf.Tensor:
-    """Graph-friendly ids ``(..., time)`` -> strings ``(...)``."""
-    return tf.strings.reduce_join(inverse(tf.cast(ids, tf.int64)), axis=-1)
 
 
 def text_to_ids(text: str, lookup) -> np.ndarray:

@@ -13,8 +13,9 @@ is imported.
 * autoencoders: :class:`Seq2SeqAutoencoder` (pre-trains sentiment's encoder)
 * language models: :func:`build_char_lm`, :class:`TruncatedBPTTModel`, :class:`CharTextModel`,
   :func:`generate_text`, :func:`sample_next`, :func:`generate_tokens`
-* images: :class:`MaskedConv2D`, :class:`RowLSTM` (PixelRNN), :class:`AttentionReader`,
-  :class:`AttentionWriter`, :class:`DrawCell`, :class:`DrawModel` (DRAW)
+* images: :class:`MaskedConv2D`, :class:`RowLSTM`, :func:`build_pixel_rnn` (+ :func:`bernoulli_nll`,
+  :func:`complete_images`) (PixelRNN), :class:`AttentionReader`, :class:`AttentionWriter`,
+  :class:`DrawCell`, :class:`DrawModel`, :func:`build_draw` (DRAW)
 """
 
 from rnnapps.models.attention import BahdanauAttention, LuongAttention
@@ -30,8 +31,14 @@ from rnnapps.models.char_lm import (
 from rnnapps.models.char_text import CharTextModel, generate_text
 from rnnapps.models.crf import CRF, crf_loss
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
-from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel
-from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
+from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel, build_draw
+from rnnapps.models.pixel_rnn import (
+    MaskedConv2D,
+    RowLSTM,
+    bernoulli_nll,
+    build_pixel_rnn,
+    complete_images,
+)
 from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, SequencePooling
 from rnnapps.models.sampling import generate_tokens, sample_next
 from rnnapps.models.sequence import ClipSequenceLength
@@ -64,7 +71,11 @@ __all__ = [
     "Translator",
     "TruncatedBPTTModel",
     "beam_search_decode",
+    "bernoulli_nll",
     "build_char_lm",
+    "build_draw",
+    "build_pixel_rnn",
+    "complete_images",
     "crf_loss",
     "generate_text",
     "generate_tokens",

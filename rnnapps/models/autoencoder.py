@@ -6,53 +6,26 @@ sentiment encoder (Dai & Le 2015, "Semi-supervised Sequence Learning").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from rnnapps.data.text import make_vectorizer
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
 from rnnapps.models.distribute import scale_loss_for_replicas
-from rnnapps.models.recurrent import _RNN_CLASSES, CELL_TYPES, RecurrentStack
+from rnnapps.models.recurrent import CELL_TYPES, RNN_LAYERS, RecurrentStack
+from rnnapps.models.seq2seq import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    UNKNOWN_ID,
+    check_markers,
+    teacher_forcing_pairs,
+)
 from rnnapps.models.sequence import ClipSequenceLength
-
-START_TOKEN, END_TOKEN = "<s>", "</s>"
-# Ids: 0 padding and 1 [UNK] (TextVectorization's), then the two markers the decoder needs.
-PAD_ID, UNKNOWN_ID, START_ID, END_ID = 0, 1, 2, 3
-
+from rnnapps.text_ops import make_vectorizer
 
 # How the code reads the encoder: its final states only, or those and its pooled outputs.
 POOLING_TYPES = ("none", "max", "mean")
-
-
-def with_markers(vocabulary: Sequence[str]) -> list[str]:
-    """``vocabulary`` (padding and ``[UNK]`` first, as ``build_vocabulary`` returns it) with ``<s>``, ``</s>`` inserted at 2, 3.
-
-    The markers can never come out of the standardiser, which splits ``<`` and
-    ``/`` off words, so they cannot collide with a real token.
-    """
-    vocabulary = [str(token) for token in vocabulary]
-    if len(vocabulary) < 2:
-        raise ValueError(f"Expected a vocabulary with padding and [UNK] first. Received: {vocabulary!r}")
-    return [*vocabulary[:2], START_TOKEN, END_TOKEN, *vocabulary[2:]]
-
-
-def reconstruction_targets(token_ids):
-    """``(decoder_inputs, labels)`` for teacher forcing: ``<s> w1..wn`` and ``w1..wn </s>``.
-
-    ``token_ids`` is int ``(batch, time)``, post-padded with 0; both outputs are
-    int32 ``(batch, time + 1)``, 0 after each sequence.
-    """
-    token_ids = ops.cast(token_ids, "int32")
-    batch = ops.shape(token_ids)[0]
-    lengths = ops.sum(ops.cast(ops.not_equal(token_ids, PAD_ID), "int32"), axis=1)
-    decoder_inputs = ops.concatenate([ops.full((batch, 1), START_ID, dtype="int32"), token_ids], axis=1)
-    padded = ops.pad(token_ids, [[0, 0], [0, 1]])
-    positions = ops.expand_dims(ops.arange(ops.shape(padded)[1], dtype="int32"), 0)
-    labels = ops.where(ops.equal(positions, ops.expand_dims(lengths, 1)), END_ID, padded)
-    return decoder_inputs, labels
 
 
 def _check_positive(name, value):
@@ -110,7 +83,7 @@ class Seq2SeqAutoencoder(keras.Model):
 
     Args:
         vocabulary: tokens, ``""``, ``[UNK]``, ``<s>``, ``</s>`` first (see
-            :func:`with_markers`).
+            :func:`rnnapps.models.seq2seq.with_markers`).
         embedding_dim: width of the token embedding.
         cell: encoder cell, one of ``"lstm"``, ``"gru"``, ``"simple_rnn"``.
         units: encoder units per direction and layer.
@@ -174,11 +147,7 @@ class Seq2SeqAutoencoder(keras.Model):
     ):
         super().__init__(**kwargs)
         self.vocabulary = [str(token) for token in vocabulary]
-        if self.vocabulary[2:4] != [START_TOKEN, END_TOKEN]:
-            raise ValueError(
-                f"Expected vocabulary[2:4] == {[START_TOKEN, END_TOKEN]} (see with_markers()). "
-                f"Received: vocabulary[:4]={self.vocabulary[:4]}"
-            )
+        check_markers(self.vocabulary)
         decoder_cell = cell if decoder_cell is None else decoder_cell
         for name, value in (("cell", cell), ("decoder_cell", decoder_cell)):
             if value not in CELL_TYPES:
@@ -216,7 +185,7 @@ class Seq2SeqAutoencoder(keras.Model):
             keras.layers.Dense(self.decoder_units, activation="tanh", name=f"bridge_{index}")
             for index in range(2 if decoder_cell == "lstm" else 1)
         ]
-        self.decoder = _RNN_CLASSES[decoder_cell](self.decoder_units, return_sequences=True, name="decoder")
+        self.decoder = RNN_LAYERS[decoder_cell](self.decoder_units, return_sequences=True, name="decoder")
         self.output_dropout = keras.layers.Dropout(
             self.dropout, seed=None if seed is None else seed + 1, name="output_dropout"
         )
@@ -302,7 +271,7 @@ class Seq2SeqAutoencoder(keras.Model):
 
     def decode_teacher_forced(self, code, token_ids, training=False):
         """Logits ``(batch, time + 1, vocabulary)`` of ``w1..wn </s>`` given the code and ``<s> w1..wn``."""
-        decoder_inputs, _ = reconstruction_targets(token_ids)
+        decoder_inputs, _ = teacher_forcing_pairs(token_ids)
         if training and self.word_dropout > 0:
             drop = keras.random.uniform(ops.shape(decoder_inputs), seed=self.word_dropout_seed) < self.word_dropout
             # <s> (position 0) and padding stay; any other input may become [UNK].
@@ -324,7 +293,7 @@ class Seq2SeqAutoencoder(keras.Model):
     # -- training -----------------------------------------------------------------------------
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        _, labels = reconstruction_targets(x)
+        _, labels = teacher_forcing_pairs(x)
         log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
         nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1), -1)
         weights = ops.cast(ops.not_equal(labels, PAD_ID), "float32")

@@ -26,8 +26,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from rnnapps.models.recurrent import RNN_LAYERS
+
+# The cells whose states the truncated-BPTT model carries between batches (a subset of RecurrentStack's).
 CELL_TYPES = ("lstm", "gru")
-_RNN_CLASSES = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
 def state_names(cell: str, depth: int) -> list[str]:
@@ -101,7 +103,7 @@ def build_char_lm(
                 strict=True,
             )
         ]
-        rnn = _RNN_CLASSES[cell](
+        rnn = RNN_LAYERS[cell](
             int(units),
             return_sequences=True,
             return_state=True,

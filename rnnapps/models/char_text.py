@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from rnnapps.data import text_corpus
+from rnnapps import text_ops
 from rnnapps.models.char_lm import TruncatedBPTTModel, initial_states, step_function
 from rnnapps.models.sampling import generate_tokens
 
@@ -58,7 +58,7 @@ class CharTextModel(TruncatedBPTTModel):
                 f"Received: language_model with {vocab_size} outputs"
             )
         self.vocabulary = vocabulary
-        self.char_to_id, self.id_to_char = text_corpus.make_char_lookup(vocabulary)
+        self.char_to_id, self.id_to_char = text_ops.make_char_lookup(vocabulary)
 
     @property
     def start_id(self) -> int:
@@ -67,11 +67,11 @@ class CharTextModel(TruncatedBPTTModel):
 
     def encode(self, text) -> tf.Tensor:
         """Strings to int32 ids in the graph (unknown characters: id 0)."""
-        return text_corpus.encode_text(text, self.char_to_id)
+        return text_ops.encode_text(text, self.char_to_id)
 
     def decode(self, ids) -> tf.Tensor:
         """Ids ``(..., time)`` to strings ``(...)`` in the graph."""
-        return text_corpus.decode_ids(ids, self.id_to_char)
+        return text_ops.decode_ids(ids, self.id_to_char)
 
     def get_config(self):
         config = super().get_config()

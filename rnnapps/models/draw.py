@@ -16,6 +16,7 @@ The pieces:
 - :func:`latent_kl_divergence`: the per-step KL with
   ``tensorflow_probability.distributions``.
 - :class:`DrawModel`: the whole model; ``fit(images)`` trains it.
+- :func:`build_draw`: a built :class:`DrawModel` from plain keyword arguments.
 
 Coordinates follow the paper: pixel ``a`` of a row of width ``A`` sits at
 ``a = 1 … A`` and filter ``i`` of ``N`` at ``i = 1 … N``, so a grid with centre
@@ -771,3 +772,32 @@ class DrawModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def build_draw(height: int = 28, width: int = 28, channels: int = 1, **options) -> DrawModel:
+    """A built, uncompiled :class:`DrawModel` named ``draw`` for ``height × width × channels`` images.
+
+    Built (its weights exist) so that a training run's ``BackupAndRestore`` can
+    restore into it before ``fit``; compile it with an optimizer only (the
+    model computes its own loss).
+
+    Args:
+        height, width, channels: the image shape.
+        **options: the other :class:`DrawModel` arguments, by keyword, with
+            its defaults: ``steps``, ``read_glimpse_size``,
+            ``write_glimpse_size``, ``encoder_units``, ``decoder_units``,
+            ``latent_size``, ``attention``, ``seed`` (and ``name``).
+
+    Returns:
+        The :class:`DrawModel`.
+
+    Example:
+
+    >>> model = build_draw(height=8, width=8, steps=3, encoder_units=16, decoder_units=16, latent_size=4)
+    >>> model.compile(optimizer="adam")
+    >>> tuple(model.generate(2, seed=1).shape)
+    (2, 3, 8, 8, 1)
+    """
+    model = DrawModel((height, width, channels), **{"name": "draw", **options})
+    model.build((None, height, width, channels))
+    return model

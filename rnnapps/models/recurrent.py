@@ -6,7 +6,8 @@ import keras
 from keras import ops
 
 CELL_TYPES = ("lstm", "gru", "simple_rnn")
-_RNN_CLASSES = {
+#: The stock Keras layer of each cell type; every recurrent model here builds its layers from it.
+RNN_LAYERS = {
     "lstm": keras.layers.LSTM,
     "gru": keras.layers.GRU,
     "simple_rnn": keras.layers.SimpleRNN,
@@ -91,7 +92,7 @@ class RecurrentStack(keras.layers.Layer):
         self.dropout_layers = []
         for index in range(self.depth):
             last = index == self.depth - 1
-            rnn = _RNN_CLASSES[cell](
+            rnn = RNN_LAYERS[cell](
                 self.units,
                 return_sequences=self.return_sequences or not last,
                 return_state=self.return_state and last,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from rnnapps.data import conll
+from rnnapps import text_ops
 from rnnapps.models.crf import CRF
 
 DECODERS = ("crf", "softmax")
@@ -30,9 +30,9 @@ class TokenFeatures(keras.layers.Layer):
 
     Returns:
         ``(words, chars, case_ids)``: normalised words (string, same shape; see
-        :func:`rnnapps.data.conll.normalise_word`), characters (string
+        :func:`rnnapps.text_ops.normalise_word`), characters (string
         ``(batch, words, chars)``, ``""``-padded, at least one column) and case
-        categories (int32, see :func:`rnnapps.data.conll.case_feature_ids`).
+        categories (int32, see :func:`rnnapps.text_ops.case_feature_ids`).
 
     Example:
 
@@ -49,13 +49,13 @@ class TokenFeatures(keras.layers.Layer):
 
     def call(self, tokens):
         tokens = tf.convert_to_tensor(tokens, tf.string)
-        chars = tf.strings.unicode_split(tokens, "UTF-8", errors="replace").to_tensor(default_value=conll.PADDING)
+        chars = tf.strings.unicode_split(tokens, "UTF-8", errors="replace").to_tensor(default_value=text_ops.PADDING)
         if self.max_chars is not None:
             chars = chars[..., : self.max_chars]
         # One column at least: the char encoder cannot reduce over zero characters.
         missing = tf.maximum(1 - tf.shape(chars)[-1], 0)
-        chars = tf.pad(chars, [[0, 0], [0, 0], [0, missing]], constant_values=conll.PADDING)
-        return conll.normalise_words(tokens), chars, conll.case_feature_ids(tokens)
+        chars = tf.pad(chars, [[0, 0], [0, 0], [0, missing]], constant_values=text_ops.PADDING)
+        return text_ops.normalise_words(tokens), chars, text_ops.case_feature_ids(tokens)
 
     def compute_output_spec(self, tokens):
         shape = tuple(tokens.shape)
@@ -153,10 +153,10 @@ class SequenceTagger(keras.Model):
         """
         tokens = tf.convert_to_tensor(tokens, tf.string)
         width = tf.shape(tokens)[1]
-        padded = tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - width, 0)]], constant_values=conll.PADDING)
+        padded = tf.pad(tokens, [[0, 0], [0, tf.maximum(1 - width, 0)]], constant_values=text_ops.PADDING)
         emissions = tf.cast(self.encoder(padded, training=False), tf.float32)
         padding_column = tf.fill(tf.shape(emissions[..., :1]), tf.constant(-1e4, tf.float32))
-        return tf.concat([padding_column, emissions[..., 1:]], axis=-1), tf.not_equal(padded, conll.PADDING), width
+        return tf.concat([padding_column, emissions[..., 1:]], axis=-1), tf.not_equal(padded, text_ops.PADDING), width
 
     def _decode(self, emissions, mask):
         if self.crf is not None:
@@ -212,7 +212,7 @@ class SequenceTagger(keras.Model):
         return {"tags": tf.gather(self._tag_names(), ids[..., :width]), "log_probabilities": log_probabilities}
 
     def _tag_names(self):
-        return tf.constant([conll.PADDING, *self.tags])
+        return tf.constant([text_ops.PADDING, *self.tags])
 
     def get_config(self):
         config = super().get_config()

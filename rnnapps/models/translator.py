@@ -12,15 +12,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from rnnapps.data.text import detokenize, make_vectorizer, standardize_text
 from rnnapps.models.attention_decoder import AttentionDecoder
 from rnnapps.models.decoding import beam_search_decode, gnmt_length_penalty, greedy_decode
 from rnnapps.models.recurrent import RecurrentStack
+from rnnapps.models.seq2seq import END_ID, START_ID, UNKNOWN_ID, check_markers
 from rnnapps.models.sequence import ClipSequenceLength
+from rnnapps.text_ops import detokenize, make_vectorizer, standardize_text
 
-START_TOKEN, END_TOKEN = "<s>", "</s>"
-# Target ids: 0 padding and 1 [UNK] (TextVectorization's), then the two markers.
-UNKNOWN_ID, START_ID, END_ID = 1, 2, 3
 EMBEDDING_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 1.0}}
 
 
@@ -82,11 +80,7 @@ class Translator(keras.Model):
         super().__init__(**kwargs)
         self.source_vocabulary = [str(token) for token in source_vocabulary]
         self.target_vocabulary = [str(token) for token in target_vocabulary]
-        if self.target_vocabulary[2:4] != [START_TOKEN, END_TOKEN]:
-            raise ValueError(
-                f"Expected target_vocabulary[2:4] == {[START_TOKEN, END_TOKEN]} (see target_vocabulary()). "
-                f"Received: {self.target_vocabulary[:4]}"
-            )
+        check_markers(self.target_vocabulary, "target_vocabulary")
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"Expected 0 <= label_smoothing < 1. Received: label_smoothing={label_smoothing}")
         self.embedding_dim = int(embedding_dim)

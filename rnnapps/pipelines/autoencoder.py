@@ -39,23 +39,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
 from rnnapps.data.parallel_text import load_parallel_corpus
-from rnnapps.data.text import build_vocabulary, detokenize, make_vectorizer, text_label_dataset
+from rnnapps.data.text import build_vocabulary, text_label_dataset
 from rnnapps.data.text_corpus import load_corpus
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
-from rnnapps.models.autoencoder import (
-    PAD_ID,
-    POOLING_TYPES,
-    UNKNOWN_ID,
-    Seq2SeqAutoencoder,
-    reconstruction_targets,
-    with_markers,
-)
+from rnnapps.models.autoencoder import POOLING_TYPES, Seq2SeqAutoencoder
 from rnnapps.models.recurrent import CELL_TYPES
+from rnnapps.models.seq2seq import PAD_ID, UNKNOWN_ID, teacher_forcing_pairs, with_markers
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.pipelines.base import (
     Datasets,
@@ -68,6 +62,7 @@ from rnnapps.pipelines.base import (
     text_requests,
 )
 from rnnapps.request_limits import text_request
+from rnnapps.text_ops import detokenize, make_vectorizer
 
 DATASETS = ("imdb", "multi30k")
 LABELS = ("negative", "positive")
@@ -137,6 +132,7 @@ class AutoencoderConfig(TrainingConfig):
     }
 
     def validate(self) -> None:
+        super().validate()
         if self.corpus is None and self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} (or set corpus=PATH)")
         for name, value in (("cell", self.cell), ("decoder_cell", self.decoder_cell or self.cell)):
@@ -224,7 +220,7 @@ def reconstruction_metrics(
     def score(text):
         ids = model.token_ids(text)
         result = model.reconstruct_ids(model.encode(ids), beam_width=beam_width)
-        _, labels = reconstruction_targets(ids)
+        _, labels = teacher_forcing_pairs(ids)
         hypotheses = result.ids[:, : tf.shape(labels)[1]]
         hypotheses = tf.pad(hypotheses, [[0, 0], [0, tf.shape(labels)[1] - tf.shape(hypotheses)[1]]])
         real = tf.not_equal(labels, PAD_ID)
@@ -306,7 +302,6 @@ class AutoencoderPipeline(Pipeline):
     request_limit_fields = ("max_request_batch", "max_text_bytes")
 
     def load_data(self, config: AutoencoderConfig, data_dir: Path | None) -> Datasets:
-        config.validate()
         texts = load_texts(config, data_dir)
         vocabulary = with_markers(build_vocabulary(texts["train"], config.vocab_size))
         make = lambda split, shuffle: token_id_dataset(texts[split], vocabulary, config, shuffle)  # noqa: E731
@@ -323,7 +318,6 @@ class AutoencoderPipeline(Pipeline):
         )
 
     def build_model(self, config: AutoencoderConfig, datasets: Datasets) -> keras.Model:
-        config.validate()
         model = Seq2SeqAutoencoder(
             datasets.info["vocabulary"],
             embedding_dim=config.embedding_dim,
@@ -345,7 +339,7 @@ class AutoencoderPipeline(Pipeline):
             name="autoencoder",
         )
         # No XLA: Keras refuses jit_compile for a model holding a TextVectorization (string ops).
-        model.compile(optimizer=runtime.make_optimizer(config), jit_compile=False)
+        model.compile(optimizer=training.make_optimizer(config), jit_compile=False)
         return model
 
     def evaluate(self, model: Seq2SeqAutoencoder, datasets: Datasets, config: AutoencoderConfig, run_dir: Path) -> dict:

@@ -42,7 +42,7 @@ class Pipeline:
         raise NotImplementedError
 
     def build_model(self, config, datasets: Datasets) -> keras.Model:
-        """A compiled model (use ``rnnapps.runtime.make_optimizer(config)``)."""
+        """A compiled model (use ``rnnapps.training.make_optimizer(config)``)."""
         raise NotImplementedError
 
     def evaluate(self, model: keras.Model, datasets: Datasets, config, run_dir: Path) -> dict[str, Any]:

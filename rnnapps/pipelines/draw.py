@@ -24,6 +24,10 @@ What it does, in five bullets:
 Reference: Gregor, Danihelka, Graves, Rezende and Wierstra (2015), "DRAW: A
 Recurrent Neural Network For Image Generation", ICML.
 
+The model is :mod:`rnnapps.models.draw` (``build_draw``, ``DrawModel``, which
+computes its own loss), so a saved ``model.keras`` loads with ``rnnapps.models``
+alone; this module maps the config onto it, evaluates, serves and predicts.
+
 Serving (TensorFlow Serving, ``saved_models/draw/<version>/``):
 
 * ``generate(num: int32[], seed: int32[]) -> {images: uint8[num, H, W, C],
@@ -49,12 +53,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import image_plots, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
-from rnnapps.models.draw import DrawModel
+from rnnapps.models.draw import DrawModel, build_draw
+from rnnapps.models.images import serving_images_to_float, unit_float_to_uint8
 from rnnapps.pipelines.base import (
     Datasets,
     Pipeline,
@@ -117,7 +122,8 @@ class DrawConfig(TrainingConfig):
                      learning_rate=1e-3, early_stopping_patience=10),
     }
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        super().validate()
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.likelihood not in LIKELIHOODS:
@@ -170,16 +176,19 @@ class DrawPipeline(Pipeline):
         )
 
     def build_model(self, config: DrawConfig, datasets: Datasets) -> keras.Model:
-        image_shape = datasets.info.get("image_shape", IMAGE_SHAPES[config.dataset])
-        model = build_draw(config, image_shape)
-        # BackupAndRestore (the runner's resume) needs a built model before fit().
-        model.build((None, *image_shape))
-        model.compile(optimizer=runtime.make_optimizer(config))
+        height, width, channels = datasets.info.get("image_shape", IMAGE_SHAPES[config.dataset])
+        read_glimpse, write_glimpse = config.glimpse_sizes
+        # Built by build_draw: BackupAndRestore (the runner's resume) needs the weights before fit().
+        model = build_draw(
+            height=height, width=width, channels=channels, steps=config.steps, read_glimpse_size=read_glimpse,
+            write_glimpse_size=write_glimpse, encoder_units=config.encoder_units,
+            decoder_units=config.decoder_units, latent_size=config.latent_size, attention=config.attention,
+            seed=config.seed,
+        )
+        model.compile(optimizer=training.make_optimizer(config))
         return model
 
     def evaluate(self, model, datasets: Datasets, config: DrawConfig, run_dir: Path) -> dict:
-        from rnnapps import image_plots
-
         bounds = nll_bounds(model, datasets.test, seed=config.seed)
         dimensions = int(np.prod(model.image_shape))
         metrics = {
@@ -217,14 +226,14 @@ class DrawPipeline(Pipeline):
 
         def generate(num, seed):
             num = guarded([count_within(num, "num", config.max_samples, "max_samples")], num)
-            canvases = to_uint8(model.generate(num, seed=seed))
+            canvases = unit_float_to_uint8(model.generate(num, seed=seed))
             return {"images": canvases[:, -1], "canvases": canvases}
 
         def reconstruct(images):
             images = guarded([batch_at_most(images, "images", config.max_request_batch)], images)
-            floats = serving_images_to_float(images, binary)
+            floats, _ = serving_images_to_float(images, binary)
             canvases, nll_bound = model.reconstruct(floats, seed=tf.constant(RECONSTRUCT_SEED, tf.int32))
-            return {"images": to_uint8(canvases[:, -1]), "nll_bound": nll_bound}
+            return {"images": unit_float_to_uint8(canvases[:, -1]), "nll_bound": nll_bound}
 
         generate_spec = [tf.TensorSpec([], tf.int32, name="num"), tf.TensorSpec([], tf.int32, name="seed")]
         reconstruct_spec = [tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")]
@@ -235,23 +244,7 @@ class DrawPipeline(Pipeline):
         }
 
 
-
-def build_draw(config: DrawConfig, image_shape=None) -> DrawModel:
-    """An uncompiled :class:`DrawModel` sized by ``config``."""
-    read_glimpse, write_glimpse = config.glimpse_sizes
-    return DrawModel(
-        tuple(image_shape or IMAGE_SHAPES[config.dataset]),
-        steps=config.steps,
-        read_glimpse_size=read_glimpse,
-        write_glimpse_size=write_glimpse,
-        encoder_units=config.encoder_units,
-        decoder_units=config.decoder_units,
-        latent_size=config.latent_size,
-        attention=config.attention,
-        seed=config.seed,
-        name="draw",
-    )
-
+# --- evaluation ------------------------------------------------------------------------------
 
 def nll_bounds(model: DrawModel, dataset, seed: int = 0) -> np.ndarray:
     """The negative ELBO in nats of every image of a dataset of float image batches (float64 ``(N,)``).
@@ -262,19 +255,6 @@ def nll_bounds(model: DrawModel, dataset, seed: int = 0) -> np.ndarray:
                         reduce_retracing=True)
     values = [bound(images, tf.constant(seed + index, tf.int32)).numpy() for index, images in enumerate(dataset)]
     return np.concatenate(values).astype("float64")
-
-
-def to_uint8(probabilities):
-    """Float ``[0, 1]`` tensor → ``uint8`` 0-255 (rounded)."""
-    return tf.cast(tf.round(tf.clip_by_value(tf.cast(probabilities, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
-
-
-def serving_images_to_float(images, binary: bool):
-    """``uint8`` images → float32 ``[0, 1]``: binary data as 0/1 (0/1 or 0-255 inputs), colour / 255."""
-    if not binary:
-        return tf.cast(images, tf.float32) / 255.0
-    full_range = tf.reduce_max(images) > 1
-    return tf.cast(tf.where(full_range, images > 127, images > 0), tf.float32)
 
 
 def _to_unit_interval(images: np.ndarray, binary: bool) -> np.ndarray:
@@ -300,8 +280,6 @@ def predict_command(samples, animate, seed, columns, model_path, export_dir, out
       rnnapps predict draw --samples 16 --animate
       rnnapps predict draw --samples 64 --seed 3 --model saved_models/draw/2 --output pictures/
     """
-    from rnnapps import image_plots
-
     if not 0 <= seed < 2**31:
         raise click.BadParameter(f"{seed} is not in [0, 2^31)", param_hint="--seed")
     loaded, path = served_model("draw", model_path, export_dir)

@@ -37,11 +37,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import text_ops, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import conll
 from rnnapps.data.embeddings import read_word_vectors, vector_file_words
-from rnnapps.data.text import tokenize_words
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
 from rnnapps.models import RecurrentStack
@@ -112,6 +111,7 @@ class NerConfig(TrainingConfig):
     }
 
     def validate(self) -> None:
+        super().validate()
         for name, value, choices in (
             ("decoder", self.decoder, DECODERS),
             ("char_encoder", self.char_encoder, CHAR_ENCODERS),
@@ -177,7 +177,7 @@ def _tag_dataset(sentences, vocab, batch_size, shuffle, seed):
         lambda tokens, tags: tf.shape(tokens)[0],
         bucket_boundaries=list(LENGTH_BUCKETS),
         bucket_batch_sizes=[batch_size] * (len(LENGTH_BUCKETS) + 1),
-        padding_values=(conll.PADDING, 0),
+        padding_values=(text_ops.PADDING, 0),
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -192,12 +192,11 @@ class NerPipeline(Pipeline):
     request_limit_fields = ("max_request_batch", "max_sentence_tokens", "max_text_bytes", "max_n_best")
 
     def load_data(self, config: NerConfig, data_dir: Path | None) -> Datasets:
-        config.validate()
         splits = conll.load_conll_splits(data_dir)
         train = splits["train"][: config.max_train_examples] if config.max_train_examples else splits["train"]
         splits = {**splits, **{split: evaluation_subset(splits[split], config.max_eval_examples)
                                for split in ("valid", "test")}}
-        extra_words = vector_file_words(config.embeddings, normalise=conll.normalise_word) if config.embeddings else ()
+        extra_words = vector_file_words(config.embeddings, normalise=text_ops.normalise_word) if config.embeddings else ()
         vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
         info = {
             "vocabularies": vocab,
@@ -207,9 +206,9 @@ class NerPipeline(Pipeline):
         }
         if config.embeddings:
             # Rows in the word lookup's order: padding, [UNK], then the vocabulary.
-            rows = [conll.PADDING, conll.OOV_TOKEN, *vocab.words]
+            rows = [text_ops.PADDING, text_ops.OOV_TOKEN, *vocab.words]
             info["word_vectors"] = read_word_vectors(
-                config.embeddings, rows, seed=config.seed, normalise=conll.normalise_word
+                config.embeddings, rows, seed=config.seed, normalise=text_ops.normalise_word
             )
             width = info["word_vectors"].shape[1]
             if width != config.word_embedding_dim:
@@ -225,7 +224,6 @@ class NerPipeline(Pipeline):
         )
 
     def build_model(self, config: NerConfig, datasets: Datasets) -> keras.Model:
-        config.validate()
         vocab: conll.Vocabularies = datasets.info["vocabularies"]
         word_lookup, char_lookup, _ = conll.make_lookup_layers(vocab)
         tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
@@ -247,7 +245,7 @@ class NerPipeline(Pipeline):
                 name="char_encoder",
             )(char_lookup(chars)),
             keras.layers.Embedding(
-                conll.NUM_CASE_CATEGORIES, config.case_embedding_dim, mask_zero=True, name="case_embedding"
+                text_ops.NUM_CASE_CATEGORIES, config.case_embedding_dim, mask_zero=True, name="case_embedding"
             )(case_ids),
         ]
         x = keras.layers.Concatenate(name="token_representation")(features)
@@ -272,7 +270,7 @@ class NerPipeline(Pipeline):
         if "word_vectors" in datasets.info:
             word_embedding.set_weights([datasets.info["word_vectors"]])
         model = SequenceTagger(encoder, vocab.tags, decoder=config.decoder, name="ner")
-        model.compile(optimizer=runtime.make_optimizer(config))
+        model.compile(optimizer=training.make_optimizer(config))
         return model
 
     def extra_callbacks(self, model, datasets: Datasets, config, run_dir: Path) -> list:
@@ -315,14 +313,14 @@ class NerPipeline(Pipeline):
             return model.tag_with_confidence(bounded_tokens(tokens, "tokens"))
 
         def tag_text(text):
-            tokens = bounded_tokens(tokenize_words(text_request(text, config)), "text")
+            tokens = bounded_tokens(text_ops.tokenize_words(text_request(text, config)), "text")
             return {"tokens": tokens, **model.tag_with_confidence(tokens)}
 
         def n_best(text, k):
             # The k-best Viterbi keeps max_n_best paths whatever k is (its shapes are static);
             # the request's k only slices them.
             k = guarded([count_within(k, "k", config.max_n_best, "max_n_best", minimum=1)], k)
-            tokens = bounded_tokens(tokenize_words(text_request(text, config)), "text")
+            tokens = bounded_tokens(text_ops.tokenize_words(text_request(text, config)), "text")
             best = model.n_best(tokens, config.max_n_best)
             return {"tokens": tokens, "tags": best["tags"][:, :k], "log_probabilities": best["log_probabilities"][:, :k]}
 
@@ -354,7 +352,7 @@ def predict_tags(model, dataset, with_confidence: bool = False):
     With ``with_confidence``, also each sentence's token confidences (the CRF marginals of the
     predicted tags, :meth:`SequenceTagger.tag_with_confidence`).
     """
-    names = np.array([conll.PADDING, *model.tags], dtype=object)
+    names = np.array([text_ops.PADDING, *model.tags], dtype=object)
     decode = model.tag_ids_with_confidence if with_confidence else model.tag_ids
     decode = tf.function(decode, reduce_retracing=True)
     gold, predicted, confidences = [], [], []

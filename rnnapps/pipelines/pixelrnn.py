@@ -22,6 +22,11 @@ What it does, in five bullets:
 
 Reference: van den Oord, Kalchbrenner and Kavukcuoglu (2016), "Pixel Recurrent
 Neural Networks", ICML (sections 3.1, 3.4 and 4, Row LSTM and residual blocks).
+
+The model, its loss and the sampler are :mod:`rnnapps.models.pixel_rnn`
+(``build_pixel_rnn``, ``bernoulli_nll``, ``complete_images``), so a saved
+``model.keras`` loads with ``rnnapps.models`` alone; this module maps the config
+onto them, evaluates, serves and predicts.
 """
 
 from __future__ import annotations
@@ -36,12 +41,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import image_plots, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, read_metadata
-from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM
+from rnnapps.models.images import assert_same_shape, serving_image_batch, serving_images_to_float
+from rnnapps.models.pixel_rnn import (
+    bernoulli_nll,
+    build_pixel_rnn,
+    complete_images,
+    inpaint_numpy,
+    sample_numpy,
+)
 from rnnapps.pipelines.base import (
     Datasets,
     Pipeline,
@@ -57,6 +69,8 @@ DATASETS = ("binarized_mnist", "mnist")
 BINARIZE_MODES = ("fixed", "stochastic")
 OCCLUSIONS = ("bottom", "right", "random")
 IMAGE_SHAPE = (28, 28, 1)
+# Pixels per image pixel in the PNG grids (28-pixel digits are tiny).
+PICTURE_SCALE = 3
 
 
 @dataclasses.dataclass
@@ -103,7 +117,8 @@ class PixelRNNConfig(TrainingConfig):
                      output_units=128, early_stopping_patience=5),
     }
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        super().validate()
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.binarize not in BINARIZE_MODES:
@@ -111,15 +126,6 @@ class PixelRNNConfig(TrainingConfig):
         for name in ("filters", "hidden_units", "row_lstm_layers", "output_units"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
-
-
-@keras.saving.register_keras_serializable(package="rnnapps")
-def bernoulli_nll(targets, logits):
-    """Negative log-likelihood in nats per image of 0/1 ``targets`` under Bernoulli ``logits``."""
-    targets = keras.ops.cast(targets, "float32")
-    logits = keras.ops.cast(logits, "float32")
-    per_pixel = keras.ops.binary_crossentropy(targets, logits, from_logits=True)
-    return keras.ops.sum(keras.ops.reshape(per_pixel, (keras.ops.shape(per_pixel)[0], -1)), axis=-1)
 
 
 class PixelRNNPipeline(Pipeline):
@@ -155,8 +161,14 @@ class PixelRNNPipeline(Pipeline):
         )
 
     def build_model(self, config: PixelRNNConfig, datasets: Datasets) -> keras.Model:
-        model = build_pixel_rnn(config, datasets.info.get("image_shape", IMAGE_SHAPE))
-        model.compile(optimizer=runtime.make_optimizer(config), loss=bernoulli_nll)
+        height, width, channels = datasets.info.get("image_shape", IMAGE_SHAPE)
+        model = build_pixel_rnn(
+            height=height, width=width, channels=channels, filters=config.filters, hidden_units=config.hidden_units,
+            row_lstm_layers=config.row_lstm_layers, residual=config.residual,
+            state_kernel_size=config.state_kernel_size, input_kernel_size=config.input_kernel_size,
+            output_units=config.output_units,
+        )
+        model.compile(optimizer=training.make_optimizer(config), loss=bernoulli_nll)
         return model
 
     def evaluate(self, model, datasets: Datasets, config, run_dir: Path) -> dict:
@@ -173,10 +185,12 @@ class PixelRNNPipeline(Pipeline):
             originals = test_images[spread_indices(len(test_images), config.inpaint_examples)]
             known = occlusion_mask(originals.shape, "bottom")
             completions = inpaint_numpy(model, originals, known, samples=2, seed=config.seed)
-            write_inpainting_grid(originals, known, completions, run_dir / "inpainting.png")
+            image_plots.write_inpainting_grid(originals.astype("float32"), known, completions.astype("float32"),
+                                              run_dir / "inpainting.png", scale=PICTURE_SCALE)
         if config.sample_examples > 0:
             samples = sample_numpy(model, config.sample_examples, seed=config.seed)
-            write_image_grid(samples, run_dir / "samples.png", columns=min(8, config.sample_examples))
+            image_plots.write_image_grid(samples.astype("float32"), run_dir / "samples.png",
+                                         columns=min(8, config.sample_examples), scale=PICTURE_SCALE)
         return metrics
 
     def serving(self, model, config) -> dict[str, Endpoint]:
@@ -185,15 +199,15 @@ class PixelRNNPipeline(Pipeline):
 
         def inpaint(images, mask, seed):
             images = guarded([batch_at_most(images, "images", config.max_samples, "max_samples")], images)
-            canvas, scale = _serving_images(images, height, width, "images")
-            known, _ = _serving_images(mask, height, width, "mask", binary_only=True)
-            with tf.control_dependencies([_assert_same_shape(images, mask)]):
-                completed = complete_images(model, canvas, known > 0, seed)
+            canvas, scale = serving_images_to_float(images, image_shape=(height, width, 1))
+            known = serving_image_batch(mask, height, width, name="mask") > 0
+            with tf.control_dependencies([assert_same_shape(images, mask)]):
+                completed = complete_images(model, canvas, known, seed)
             return {"images": tf.reshape(tf.cast(completed, tf.uint8) * scale, tf.shape(images))}
 
         def log_prob(images):
             images = guarded([batch_at_most(images, "images", config.max_request_batch)], images)
-            canvas, _ = _serving_images(images, height, width, "images")
+            canvas, _ = serving_images_to_float(images, image_shape=(height, width, 1))
             logits = model(canvas, training=False)
             return {"nll_nats": bernoulli_nll(canvas, logits)}
 
@@ -215,111 +229,12 @@ class PixelRNNPipeline(Pipeline):
         }
 
 
-
-def build_pixel_rnn(config: PixelRNNConfig, image_shape=IMAGE_SHAPE) -> keras.Model:
-    """Mask-A 7x7 conv → Row LSTM stack (residual) → ReLU, 1x1 mask-B convs → a logit per pixel."""
-    images = keras.Input(shape=tuple(image_shape), name="images")
-    x = MaskedConv2D(config.filters, 7, mask_type="A", name="input_conv")(images)
-    for index in range(config.row_lstm_layers):
-        hidden = RowLSTM(
-            config.hidden_units,
-            kernel_size=config.state_kernel_size,
-            input_kernel_size=config.input_kernel_size,
-            name=f"row_lstm_{index + 1}",
-        )(x)
-        if not config.residual:
-            x = hidden
-            continue
-        # A 1x1 convolution sees one pixel's own features only, so it keeps the model causal.
-        if config.hidden_units != config.filters:
-            hidden = MaskedConv2D(config.filters, 1, mask_type="B", name=f"residual_projection_{index + 1}")(hidden)
-        x = keras.layers.Add(name=f"residual_{index + 1}")([x, hidden])
-    x = keras.layers.ReLU(name="output_relu")(x)
-    x = MaskedConv2D(config.output_units, 1, mask_type="B", activation="relu", name="output_conv")(x)
-    # float32 logits keep the summed cross-entropy exact under mixed precision.
-    logits = MaskedConv2D(image_shape[-1], 1, mask_type="B", dtype="float32", name="logits")(x)
-    return keras.Model(images, logits, name="pixel_rnn")
-
+# --- evaluation (and the predict verb's occlusion masks) -------------------------------------
 
 def per_image_nll(model, dataset) -> np.ndarray:
     """Negative log-likelihood in nats of every image of an ``(images, images)`` dataset."""
     score = tf.function(lambda images: bernoulli_nll(images, model(images, training=False)), reduce_retracing=True)
     return np.concatenate([score(images).numpy() for images, _ in dataset]).astype("float64")
-
-
-# --- sampling and inpainting -----------------------------------------------------------------
-
-def complete_images(model, images, known, seed):
-    """Sample every unknown pixel of ``images`` in raster order, conditioned on all known ones.
-
-    Args:
-        model: a PixelRNN mapping float ``(batch, height, width, 1)`` 0/1 images to logits.
-        images: float ``(batch, height, width, 1)`` 0/1 values (unknown ones are ignored).
-        known: bool, same shape; True where a pixel is given and must be kept.
-        seed: int32 scalar; the same seed and inputs give the same completions.
-
-    Returns:
-        float32 ``(batch, height, width, 1)``: known pixels unchanged, the rest sampled.
-
-    Each sampled position costs one forward pass of the whole model on the
-    current canvas (the Row LSTM has no cheaper incremental step here), so only
-    positions where some image of the batch has an unknown pixel are visited.
-    """
-    images = tf.cast(images, tf.float32)
-    known = tf.cast(known, tf.bool)
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    canvas = tf.where(known, images, tf.zeros_like(images))
-    unknown_somewhere = tf.reduce_any(tf.reshape(tf.logical_not(known), [batch, height * width]), axis=0)
-    positions = tf.cast(tf.reshape(tf.where(unknown_somewhere), [-1]), tf.int32)
-    seed = tf.cast(seed, tf.int32)
-
-    def step(index, canvas):
-        position = positions[index]
-        row, column = position // width, position % width
-        logits = model(canvas, training=False)
-        probability = tf.sigmoid(tf.cast(logits[:, row, column, 0], tf.float32))
-        noise = tf.random.stateless_uniform([batch], seed=tf.stack([seed, position]))
-        draw = tf.cast(noise < probability, tf.float32)[:, None, None, None]
-        here = tf.reshape(tf.one_hot(position, height * width, on_value=True, off_value=False), [1, height, width, 1])
-        canvas = tf.where(tf.logical_and(here, tf.logical_not(known)), draw, canvas)
-        return index + 1, canvas
-
-    _, canvas = tf.while_loop(lambda index, _: index < tf.size(positions), step, [tf.constant(0), canvas])
-    return canvas
-
-
-def _serving_images(images, height, width, name, binary_only=False):
-    """uint8 ``[batch, H, W]`` or ``[batch, H, W, 1]`` → float 0/1 ``[batch, H, W, 1]`` and the output scale.
-
-    Images may hold 0/1 or 0-255 values (thresholded at 128, returned as 0/255).
-    """
-    shape = tf.shape(images)
-    padded = tf.concat([shape, tf.ones([4], tf.int32)], axis=0)
-    rank = tf.rank(images)
-    valid = tf.logical_and(
-        tf.logical_or(tf.equal(rank, 3), tf.logical_and(tf.equal(rank, 4), tf.equal(padded[3], 1))),
-        tf.logical_and(tf.equal(padded[1], height), tf.equal(padded[2], width)),
-    )
-    check = tf.debugging.Assert(
-        valid, [f"{name} must be uint8 [batch, {height}, {width}] or [batch, {height}, {width}, 1]; got shape", shape]
-    )
-    with tf.control_dependencies([check]):
-        images = tf.reshape(images, [-1, height, width, 1])
-    if binary_only:
-        return tf.cast(images > 0, tf.float32), tf.constant(1, tf.uint8)
-    full_range = tf.reduce_max(images) > 1
-    binary = tf.where(full_range, images > 127, images > 0)
-    return tf.cast(binary, tf.float32), tf.where(full_range, tf.constant(255, tf.uint8), tf.constant(1, tf.uint8))
-
-
-def _assert_same_shape(images, mask):
-    def padded(tensor):
-        return tf.concat([tf.shape(tensor), tf.ones([4], tf.int32)], axis=0)[:5]
-
-    same = tf.logical_and(tf.equal(tf.rank(images), tf.rank(mask)), tf.reduce_all(tf.equal(padded(images), padded(mask))))
-    return tf.debugging.Assert(same, ["mask must have the shape of images; got mask", tf.shape(mask), "images",
-                                      tf.shape(images)])
 
 
 def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
@@ -349,64 +264,6 @@ def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
     else:
         raise ConfigError(f"--occlude {occlude!r}: choose bottom, right, random or box:r0,c0,r1,c1")
     return mask
-
-
-def inpaint_numpy(model, images: np.ndarray, known: np.ndarray, samples: int = 1, seed: int = 0) -> np.ndarray:
-    """``samples`` completions of each uint8 0/1 image ``(N, H, W, 1)``: uint8 ``(N, samples, H, W, 1)``."""
-    repeated = np.repeat(images.astype("float32"), samples, axis=0)
-    repeated_known = np.repeat(known.astype(bool), samples, axis=0)
-    completed = tf.function(lambda x, k, s: complete_images(model, x, k, s))(repeated, repeated_known, tf.constant(seed))
-    return completed.numpy().astype(np.uint8).reshape((len(images), samples) + images.shape[1:])
-
-
-def sample_numpy(model, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` unconditional samples, uint8 ``(count, H, W, 1)``."""
-    shape = (count,) + tuple(model.input_shape[1:])
-    zeros = np.zeros(shape, "float32")
-    completed = tf.function(lambda x, k, s: complete_images(model, x, k, s))(zeros, zeros.astype(bool), tf.constant(seed))
-    return completed.numpy().astype(np.uint8)
-
-
-# --- pictures ---------------------------------------------------------------------------------
-
-def _tile(rows: list[list[np.ndarray]], scale: int = 3) -> np.ndarray:
-    """A float image of ``rows`` of 2-D tiles in [0, 1] with 2-pixel grey gutters."""
-    height, width = rows[0][0].shape
-    columns = max(len(row) for row in rows)
-    gutter = 2
-    canvas = np.full((len(rows) * (height + gutter) + gutter, columns * (width + gutter) + gutter), 0.35)
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            top, left = gutter + r * (height + gutter), gutter + c * (width + gutter)
-            canvas[top:top + height, left:left + width] = tile
-    return np.kron(canvas, np.ones((scale, scale)))
-
-
-def _save_png(array: np.ndarray, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.imsave(str(path), array, cmap="gray", vmin=0.0, vmax=1.0)
-    return Path(path)
-
-
-def write_inpainting_grid(originals, known, completions, path) -> Path:
-    """One row per image, as in the paper: occluded | K completions | original (hidden pixels shown grey)."""
-    rows = []
-    for original, mask, samples in zip(originals, known, completions, strict=True):
-        occluded = np.where(mask[..., 0] > 0, original[..., 0].astype(float), 0.5)
-        rows.append([occluded, *[sample[..., 0].astype(float) for sample in samples], original[..., 0].astype(float)])
-    return _save_png(_tile(rows), path)
-
-
-def write_image_grid(images, path, columns: int = 8) -> Path:
-    tiles = [image[..., 0].astype(float) for image in images]
-    rows = [tiles[start:start + columns] for start in range(0, len(tiles), columns)]
-    blank = np.full_like(tiles[0], 0.35)
-    rows[-1] = rows[-1] + [blank] * (columns - len(rows[-1]))
-    return _save_png(_tile(rows), path)
 
 
 # --- the predict verb -------------------------------------------------------------------------
@@ -464,7 +321,8 @@ def predict_command(occlude, count, samples, seed, image_paths, data_dir, model_
         for start in range(0, len(images), per_request)
     ])
     completions = completions.reshape((len(originals), samples) + originals.shape[1:])
-    write_inpainting_grid(originals, known, completions, output)
+    image_plots.write_inpainting_grid(originals.astype("float32"), known, completions.astype("float32"), output,
+                                      scale=PICTURE_SCALE)
     click.echo(f"wrote {output}: {len(originals)} image(s) x {samples} completion(s), occluded {occlude}, seed {seed}")
 
 

@@ -28,12 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
 from rnnapps.data.embeddings import read_word_vectors
 from rnnapps.data.sources import resolve_path
-from rnnapps.data.text import build_vocabulary, make_vectorizer, text_label_dataset
+from rnnapps.data.text import build_vocabulary, text_label_dataset
 from rnnapps.errors import ConfigError, DataNotFoundError
 from rnnapps.export import Endpoint
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
@@ -49,6 +49,7 @@ from rnnapps.pipelines.base import (
     text_requests,
 )
 from rnnapps.request_limits import batch_at_most, guarded, text_length_at_most, text_request
+from rnnapps.text_ops import make_vectorizer
 from rnnapps.transfer import init_sentiment_from_autoencoder
 
 LABELS = ("negative", "positive")
@@ -102,7 +103,8 @@ class SentimentConfig(TrainingConfig):
                      depth=2, residual=True, early_stopping_patience=3),
     }
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        super().validate()
         if self.explain_steps < 1:
             raise ConfigError(f"explain_steps={self.explain_steps!r} must be at least 1")
 
@@ -195,7 +197,7 @@ class SentimentPipeline(Pipeline):
         if config.init_from:
             datasets.info["init_from"] = dataclasses.asdict(init_sentiment_from_autoencoder(model, config.init_from))
         model.compile(
-            optimizer=runtime.make_optimizer(config),
+            optimizer=training.make_optimizer(config),
             loss="binary_crossentropy",
             metrics=["accuracy", keras.metrics.AUC(name="auc")],
         )

@@ -38,7 +38,7 @@ import click
 import keras
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import text_ops, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import text_corpus
 from rnnapps.export import Endpoint
@@ -125,7 +125,7 @@ class TextgenPipeline(Pipeline):
         text = text_corpus.load_corpus(data_dir, config.corpus)
         parts = text_corpus.split_corpus(text, SPLIT_FRACTIONS)
         vocabulary = text_corpus.build_char_vocabulary(parts[0])
-        lookup, _ = text_corpus.make_char_lookup(vocabulary)
+        lookup, _ = text_ops.make_char_lookup(vocabulary)
         train_ids, validation_ids, test_ids = (text_corpus.text_to_ids(part, lookup) for part in parts)
         # For a character model an "example" is a character, and a subset must stay contiguous text.
         train_ids = train_ids[: config.max_train_examples or None]
@@ -155,7 +155,7 @@ class TextgenPipeline(Pipeline):
         )
         model = CharTextModel(language_model, batch_size=config.batch_size, vocabulary=vocabulary, name="textgen")
         model.compile(
-            optimizer=runtime.make_optimizer(config),
+            optimizer=training.make_optimizer(config),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         return model

@@ -47,19 +47,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rnnapps import runtime
+from rnnapps import training
 from rnnapps.config import TrainingConfig
 from rnnapps.data.parallel_text import DATASETS, load_parallel_corpus
-from rnnapps.data.text import (
-    bucket_boundaries,
-    build_vocabulary,
-    make_vectorizer,
-    token_counts,
-)
+from rnnapps.data.text import bucket_boundaries, build_vocabulary
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
 from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES
-from rnnapps.models.translator import END_ID, END_TOKEN, START_ID, START_TOKEN, Translator
+from rnnapps.models.seq2seq import teacher_forcing_pairs, with_markers
+from rnnapps.models.translator import Translator
 from rnnapps.pipelines.base import (
     Datasets,
     Pipeline,
@@ -69,6 +65,7 @@ from rnnapps.pipelines.base import (
     text_requests,
 )
 from rnnapps.request_limits import text_request
+from rnnapps.text_ops import make_vectorizer, token_counts
 
 # Sentences translated per call in evaluation.
 EVALUATION_BATCH = 100
@@ -100,8 +97,6 @@ class TranslateConfig(TrainingConfig):
     length_penalty: float = 0.6
     max_decode_length: int = 50
     bucket_width: int = 4
-    # Halve the learning rate when the validation loss stops improving (0 disables).
-    lr_decay_patience: int = 0
     # Serving: a request decodes up to max_decode_length steps for each of beam_width hypotheses of every text.
     max_request_batch: int = 256
     max_text_bytes: int = 20_000
@@ -123,6 +118,7 @@ class TranslateConfig(TrainingConfig):
     }
 
     def validate(self) -> None:
+        super().validate()
         for name, value, choices in (
             ("dataset", self.dataset, DATASETS),
             ("cell", self.cell, DECODER_CELL_TYPES),
@@ -148,23 +144,7 @@ def target_vocabulary(texts, max_tokens: int) -> list[str]:
     The markers cannot collide with a real token: the standardiser splits
     ``<`` and ``/`` off words.
     """
-    vocabulary = build_vocabulary(texts, max(max_tokens - 2, 2))
-    return [*vocabulary[:2], START_TOKEN, END_TOKEN, *vocabulary[2:]]
-
-
-def teacher_forcing_pair(target_ids, max_length: int):
-    """``(decoder_input, labels)`` from padded target ids: ``<s> w1..wn`` and ``w1..wn </s>``.
-
-    ``target_ids`` is int ``(batch, time)`` with 0 after each sentence; both
-    outputs are int32 ``(batch, min(time, max_length) + 1)``.
-    """
-    ids = tf.cast(target_ids[:, :max_length], tf.int32)
-    lengths = tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)
-    decoder_input = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids], axis=1)
-    padded = tf.pad(ids, [[0, 0], [0, 1]])
-    positions = tf.range(tf.shape(padded)[1])[tf.newaxis, :]
-    labels = tf.where(positions == lengths[:, tf.newaxis], END_ID, padded)
-    return decoder_input, labels
+    return with_markers(build_vocabulary(texts, max(max_tokens - 2, 2)))
 
 
 def pair_dataset(pairs, source_vectorizer, target_vectorizer, config: TranslateConfig, training: bool) -> tf.data.Dataset:
@@ -197,7 +177,7 @@ def pair_dataset(pairs, source_vectorizer, target_vectorizer, config: TranslateC
     def vectorize(source, target, source_length, target_length):
         source_ids = tf.cast(source_vectorizer(source)[:, : config.max_source_length], tf.int32)
         source_ids = tf.pad(source_ids, [[0, 0], [0, tf.maximum(1 - tf.shape(source_ids)[1], 0)]])
-        decoder_input, labels = teacher_forcing_pair(target_vectorizer(target), config.max_target_length)
+        decoder_input, labels = teacher_forcing_pairs(target_vectorizer(target), config.max_target_length)
         return {"source": source_ids, "target": decoder_input}, labels
 
     return dataset.map(vectorize, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -248,7 +228,6 @@ class TranslatePipeline(Pipeline):
     request_limit_fields = ("max_request_batch", "max_text_bytes")
 
     def load_data(self, config: TranslateConfig, data_dir: Path | None) -> Datasets:
-        config.validate()
         corpus = load_parallel_corpus(config.dataset, config.source, config.target, data_dir, seed=config.seed)
         train = corpus["train"][: config.max_train_examples] if config.max_train_examples else corpus["train"]
         corpus = {**corpus, **{split: evaluation_subset(corpus[split], config.max_eval_examples)
@@ -273,7 +252,6 @@ class TranslatePipeline(Pipeline):
         )
 
     def build_model(self, config: TranslateConfig, datasets: Datasets) -> keras.Model:
-        config.validate()
         model = Translator(
             datasets.info["source_vocabulary"],
             datasets.info["target_vocabulary"],
@@ -292,16 +270,8 @@ class TranslatePipeline(Pipeline):
             name="translator",
         )
         # No XLA: Keras refuses jit_compile for a model holding a TextVectorization (string ops).
-        model.compile(optimizer=runtime.make_optimizer(config), jit_compile=False)
+        model.compile(optimizer=training.make_optimizer(config), jit_compile=False)
         return model
-
-    def extra_callbacks(self, model, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> list:
-        callbacks = []
-        if config.lr_decay_patience:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=config.lr_decay_patience - 1, min_lr=1e-5, verbose=0
-            ))
-        return callbacks
 
     def evaluate(self, model: Translator, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> dict:
         pairs = datasets.info["pairs"]["test"]

@@ -1,6 +1,10 @@
+import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,6 +16,7 @@ from rnnapps.models.draw import (
     AttentionWriter,
     DrawCell,
     DrawModel,
+    build_draw,
     gaussian_filterbanks,
     latent_kl_divergence,
 )
@@ -23,6 +28,7 @@ from tests.layer_checks import (
     check_saved_model_round_trip,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(steps=3, encoder_units=16, decoder_units=16, latent_size=4, read_glimpse_size=2, write_glimpse_size=3)
 
 
@@ -274,3 +280,38 @@ def test_mixed_precision_keeps_losses_float32():
 def test_bad_arguments_are_named(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_builder_takes_plain_keyword_arguments():
+    model = build_draw(height=8, width=6, channels=3, attention=False, seed=4, **TINY)
+    assert isinstance(model, DrawModel) and model.name == "draw"
+    assert model.built and model.weights  # BackupAndRestore can restore into it before fit()
+    config = model.get_config()
+    assert {key: config[key] for key in TINY} == TINY
+    assert (config["image_shape"], config["attention"], config["seed"]) == ([8, 6, 3], False, 4)
+    assert model.draw_cell.reader.read_attention is False
+
+
+def test_model_keras_loads_with_rnnapps_models_alone(tmp_path):
+    model = build_draw(height=8, width=8, seed=3, **TINY)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=100.0))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    images = (np.arange(64).reshape(1, 8, 8, 1) % 3 == 0).astype("float32")
+    # A fresh interpreter that imports keras and rnnapps.models only, never a pipeline module.
+    script = "\n".join([
+        "import json, sys",
+        "import keras",
+        "import rnnapps.models",
+        "model = keras.saving.load_model(sys.argv[1])",
+        "assert isinstance(model, rnnapps.models.DrawModel), type(model)",
+        "pixels = keras.ops.cast(keras.ops.reshape(keras.ops.arange(64) % 3 == 0, (1, 8, 8, 1)), 'float32')",
+        "canvases, bound = (keras.ops.convert_to_numpy(part) for part in model.reconstruct(pixels, seed=9))",
+        "assert 'rnnapps.pipelines' not in sys.modules, sorted(sys.modules)",
+        "print(json.dumps([canvases.tolist(), bound.tolist()]))",
+    ])
+    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    canvases, bound = (np.asarray(part) for part in json.loads(done.stdout.splitlines()[-1]))
+    assert_all_close([canvases, bound], model.reconstruct(images, seed=9), atol=1e-5)

@@ -18,9 +18,8 @@ from rnnapps.export import load_export
 from rnnapps.image_plots import tile_images, write_grid_animation
 from rnnapps.pipelines.draw import DrawConfig
 from rnnapps.runner import run
+from tests.conftest import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures"
-MNIST_DATA = FIXTURES / "data"
 SHAPES = {"svhn": (32, 32, 3), "binarized_mnist": (28, 28, 1)}
 SMOKE_STEPS = 3
 
@@ -39,7 +38,7 @@ def svhn(tmp_path_factory):
     root = tmp_path_factory.mktemp("draw_svhn")
     data_dir = root / "data"
     (data_dir / "svhn").mkdir(parents=True)
-    for mat in (FIXTURES / "svhn").glob("*.mat"):
+    for mat in (FIXTURE_DATA / "svhn").glob("*.mat"):
         shutil.copy(mat, data_dir / "svhn" / mat.name)
     return _train_and_move(root, "svhn", data_dir)
 

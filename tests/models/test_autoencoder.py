@@ -1,7 +1,6 @@
 """Seq2SeqAutoencoder, the autoencoder pipeline on the fixtures, and transfer into the sentiment model."""
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,25 +11,21 @@ from click.testing import CliRunner
 from rnnapps import runner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
-from rnnapps.data.text import build_vocabulary, detokenize
+from rnnapps.data.text import build_vocabulary
 from rnnapps.errors import ConfigError
-from rnnapps.models.autoencoder import (
-    END_ID,
-    START_ID,
-    Seq2SeqAutoencoder,
-    reconstruction_targets,
-    with_markers,
-)
+from rnnapps.models.autoencoder import Seq2SeqAutoencoder
+from rnnapps.models.seq2seq import END_ID, START_ID, teacher_forcing_pairs, with_markers
 from rnnapps.pipelines.autoencoder import (
     PIPELINE,
     AutoencoderConfig,
     principal_components,
     reconstruction_metrics,
 )
+from rnnapps.text_ops import detokenize
 from rnnapps.transfer import describe_encoder, init_sentiment_from_autoencoder
+from tests.conftest import FIXTURE_DATA
 from tests.layer_checks import check_layer
 
-FIXTURES = Path(__file__).parent / "fixtures"
 TEXTS = ["", "Ça alors — très émouvant 🎬", "The film was great.", "zzzz qqqq"]
 # A tiny corpus of random word strings: a decoder that ignores the code cannot tell them apart.
 WORDS = "red blue green cat dog bird runs sits flies big".split()
@@ -58,7 +53,7 @@ def test_model_round_trips(tmp_path, code_at_every_step, pooling, tie_embeddings
 
 
 def test_reconstruction_targets_add_markers_and_keep_padding():
-    decoder_inputs, labels = reconstruction_targets(tf.constant([[5, 6, 7], [8, 0, 0], [0, 0, 0]]))
+    decoder_inputs, labels = teacher_forcing_pairs(tf.constant([[5, 6, 7], [8, 0, 0], [0, 0, 0]]))
     assert decoder_inputs.numpy().tolist() == [[START_ID, 5, 6, 7], [START_ID, 8, 0, 0], [START_ID, 0, 0, 0]]
     assert labels.numpy().tolist() == [[5, 6, 7, END_ID], [8, END_ID, 0, 0], [END_ID, 0, 0, 0]]
 
@@ -95,7 +90,7 @@ def test_reconstructs_the_fixture_corpus_and_needs_the_code(code_at_every_step, 
     scores = reconstruction_metrics(model, CORPUS)
     assert scores["token_accuracy"] >= 0.9 and scores["exact_match"] >= 0.75, scores
     codes = model.encode(ids)
-    _, labels = reconstruction_targets(ids)
+    _, labels = teacher_forcing_pairs(ids)
 
     def token_accuracy(codes):
         hypotheses = model.greedy_reconstruct(codes).ids.numpy()[:, : labels.shape[1]]
@@ -252,7 +247,7 @@ def test_cli_predict_prints_norm_and_reconstruction(smoke_run):
 
 def test_multi30k_and_corpus_sources(tmp_path):
     multi30k = PIPELINE.load_data(resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "multi30k"}),
-                                  FIXTURES)
+                                  FIXTURE_DATA)
     assert multi30k.info["sizes"]["train"] == 6 and multi30k.info["test_labels"] is None
     assert "dogs" in multi30k.info["vocabulary"] and multi30k.info["vocabulary"][2:4] == ["<s>", "</s>"]
     (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n\n")
@@ -285,7 +280,7 @@ def sentiment():
         config = resolve_config(SENTIMENT.config_class, "smoke", set_options=overrides)
         return SENTIMENT.build_model(config, datasets)
 
-    datasets = SENTIMENT.load_data(resolve_config(SENTIMENT.config_class, "smoke"), FIXTURES / "data")
+    datasets = SENTIMENT.load_data(resolve_config(SENTIMENT.config_class, "smoke"), FIXTURE_DATA)
     return build
 
 
@@ -331,7 +326,7 @@ def test_transfer_from_a_run_and_an_export_copies_exactly_the_intended_weights(s
 def test_a_sentiment_run_records_what_the_transfer_copied(smoke_run, tmp_path):
     result, _, _ = smoke_run
     run = runner.run("sentiment", "smoke", epochs=1, set_options={"init_from": str(result.run_dir)},
-                     data_dir=str(FIXTURES / "data"), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+                     data_dir=str(FIXTURE_DATA), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
     recorded = json.loads((run.run_dir / "metrics.json").read_text())["init_from"]
     assert recorded["source"] == str(result.run_dir / "model.keras")
     assert recorded["coverage"] == 1.0 and recorded["encoder_weights_copied"] == 6

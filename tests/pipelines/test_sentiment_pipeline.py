@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from rnnapps import runner, runtime
+from rnnapps import run_dirs, runner
 from rnnapps.cli import cli
+from tests.conftest import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
 TEXTS = ["A wonderful, moving film!", "", "Boring, dull and awful.", "Ça alors — très émouvant 🎬", "zzzz qqqq"]
 
 
@@ -68,7 +68,7 @@ def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, canoni
 def test_evaluate_export_and_predict_commands(smoke_run):
     root, result = smoke_run
     cli_runner = CliRunner()
-    evaluated = cli_runner.invoke(cli, ["evaluate", "sentiment", "--run", str(result.run_dir), "--data-dir", str(FIXTURES)])
+    evaluated = cli_runner.invoke(cli, ["evaluate", "sentiment", "--run", str(result.run_dir), "--data-dir", str(FIXTURE_DATA)])
     assert evaluated.exit_code == 0, evaluated.output
     assert f"test_accuracy: {result.metrics['test_accuracy']}" in evaluated.output
     exported = cli_runner.invoke(
@@ -99,24 +99,24 @@ class _InterruptAfter(keras.callbacks.Callback):
 
 
 def test_interrupted_run_resumes_and_completes(tmp_path):
-    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    common = dict(data_dir=str(FIXTURE_DATA), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
     with pytest.raises(KeyboardInterrupt):
         runner.run("sentiment", "smoke", set_options={"early_stopping_patience": "0"}, extra_callbacks=[_InterruptAfter(1, 3)], **common)
-    run_dir = runtime.latest_run_dir(tmp_path / "runs", "sentiment")
+    run_dir = run_dirs.latest_run_dir(tmp_path / "runs", "sentiment")
     assert (run_dir / "backup").exists() and not (run_dir / "model.keras").exists()
-    assert len(runtime.read_history(run_dir / "history.csv")["loss"]) == 1  # epoch 0 finished before the stop
+    assert len(run_dirs.read_history(run_dir / "history.csv")["loss"]) == 1  # epoch 0 finished before the stop
     resumed = runner.run("sentiment", resume=True, **common)
     assert resumed.run_dir == run_dir
-    history = runtime.read_history(run_dir / "history.csv")
+    history = run_dirs.read_history(run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0, 2.0]  # continues at epoch 1, not from scratch
     assert (run_dir / "model.keras").exists() and "test_accuracy" in resumed.metrics
 
 
 def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path):
-    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    common = dict(data_dir=str(FIXTURE_DATA), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
     first = runner.run("sentiment", "smoke", epochs=2, set_options={
         "early_stopping_patience": "5", "learning_rate_decay": "0.9", "learning_rate_hold_epochs": "5"}, **common)
-    history = runtime.read_history(first.run_dir / "history.csv")
+    history = run_dirs.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0] and (first.run_dir / "backup").exists()
     best_before = max(history["val_accuracy"])
     # The resumed epochs also follow a new learning-rate schedule: held to epoch 2, then halved an epoch.
@@ -126,14 +126,14 @@ def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path)
     saved = json.loads((first.run_dir / "config.json").read_text())
     assert (saved["early_stopping_patience"], saved["learning_rate_hold_epochs"], saved["learning_rate_decay"]) == (
         7, 2, 0.5)
-    history = runtime.read_history(first.run_dir / "history.csv")
+    history = run_dirs.read_history(first.run_dir / "history.csv")
     assert history["epoch"] == [0.0, 1.0, 2.0, 3.0]  # continued after epoch 1, not from scratch
     rate = extended.config.learning_rate
     assert history["learning_rate"][-2:] == pytest.approx([rate, rate * 0.5], rel=1e-5)
     # The saved model is the best epoch of both sessions: its validation accuracy is the logged best.
     model = keras.saving.load_model(first.run_dir / "model.keras")
     assert max(history["val_accuracy"]) >= best_before
-    validation = runner.get_pipeline("sentiment").load_data(extended.config, FIXTURES).validation
+    validation = runner.get_pipeline("sentiment").load_data(extended.config, FIXTURE_DATA).validation
     accuracy = model.evaluate(validation, return_dict=True, verbose=0)["accuracy"]
     assert accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
 
@@ -141,7 +141,7 @@ def test_a_finished_run_is_extended_by_resume_and_keeps_its_best_epoch(tmp_path)
 def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
     from rnnapps.errors import ConfigError
 
-    common = dict(data_dir=str(FIXTURES), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
+    common = dict(data_dir=str(FIXTURE_DATA), output_dir=str(tmp_path / "runs"), export_dir=None, verbose=0)
     first = runner.run("sentiment", "smoke", epochs=1, **common)
     saved_config = (first.run_dir / "config.json").read_text()
     # A resumed run keeps its model, data and optimiser: only how long it trains may change.
@@ -162,7 +162,7 @@ def test_resume_refuses_a_finished_run_without_a_backup(tmp_path):
     shutil.rmtree(first.run_dir / "backup")
     with pytest.raises(ConfigError, match="cannot be continued"):
         runner.run("sentiment", resume=True, **common)
-    assert len(runtime.read_history(first.run_dir / "history.csv")["epoch"]) == 1
+    assert len(run_dirs.read_history(first.run_dir / "history.csv")["epoch"]) == 1
 
 
 def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
@@ -178,7 +178,7 @@ def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
     with pytest.raises(DataNotFoundError, match="glove/missing.txt"):
         resolve_path("glove/missing.txt", tmp_path)
     config = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": str(vectors)})
-    datasets = PIPELINE.load_data(config, FIXTURES)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     model = PIPELINE.build_model(config, datasets)
     vocabulary = datasets.info["vocabulary"]
     table = model.get_layer("embedding").get_weights()[0]
@@ -197,8 +197,8 @@ def test_missing_optional_embeddings_warn_and_train_from_scratch(tmp_path):
         PIPELINE.config_class, "smoke", set_options={"embeddings": "glove/absent.txt", "embeddings_optional": "true"}
     )
     with pytest.warns(UserWarning, match="training the embedding from scratch"):
-        datasets = PIPELINE.load_data(optional, FIXTURES)
+        datasets = PIPELINE.load_data(optional, FIXTURE_DATA)
     assert "embedding_matrix" not in datasets.info
     required = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": "glove/absent.txt"})
     with pytest.raises(DataNotFoundError, match="glove/absent.txt"):
-        PIPELINE.load_data(required, FIXTURES)
+        PIPELINE.load_data(required, FIXTURE_DATA)

@@ -273,7 +273,7 @@ def test_predict_verbs_share_the_limits(served, tmp_path):
 
 # --- the requests in docs/serving.md ----------------------------------------------------------
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 SNIPPET = re.compile(r"<!-- request: (rest|grpc) (\w+) -->\s*```python\n(.*?)```", re.S)
 
 

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +6,7 @@ import scipy.io
 from rnnapps.data import sources
 from rnnapps.data.images import ImageDataError, binarize_images, load_images, make_dataset
 from rnnapps.errors import DataNotFoundError
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.conftest import FIXTURE_DATA
 
 
 def _digits(count, height=28, width=28, channels=None, seed=0):
@@ -154,7 +152,7 @@ def test_svhn_npz_layout(tmp_path):
 
 
 def test_committed_svhn_fixture_loads():
-    splits = load_images("svhn", FIXTURES / "svhn", with_labels=True)
+    splits = load_images("svhn", FIXTURE_DATA / "svhn", with_labels=True)
     assert splits["train"][0].shape[1:] == (32, 32, 3)
     assert len(splits["validation"][0]) >= 1 and len(splits["test"][0]) >= 1
     for _, labels in splits.values():

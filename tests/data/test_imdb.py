@@ -1,18 +1,16 @@
 import gzip
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rnnapps.data import imdb, sources
 from rnnapps.errors import DataFormatError, DataNotFoundError
-
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+from tests.conftest import FIXTURE_DATA
 
 
 def test_reads_fixture_csv_layout():
-    splits = imdb.load_imdb(FIXTURES)
+    splits = imdb.load_imdb(FIXTURE_DATA)
     texts, labels = splits["train"]
     assert len(texts) == 96 and labels.dtype == np.int32 and set(labels) == {0, 1}
     assert "<br />" in " ".join(texts)  # raw text is kept; cleaning happens in the graph
@@ -22,9 +20,9 @@ def test_reads_fixture_csv_layout():
 def test_reads_gzipped_csv(tmp_path):
     (tmp_path / "imdb").mkdir()
     for split in ("train", "test"):
-        with open(FIXTURES / "imdb" / f"{split}.csv", "rb") as source, gzip.open(tmp_path / "imdb" / f"{split}.csv.gz", "wb") as target:
+        with open(FIXTURE_DATA / "imdb" / f"{split}.csv", "rb") as source, gzip.open(tmp_path / "imdb" / f"{split}.csv.gz", "wb") as target:
             shutil.copyfileobj(source, target)
-    plain, gzipped = imdb.load_imdb(FIXTURES), imdb.load_imdb(tmp_path)
+    plain, gzipped = imdb.load_imdb(FIXTURE_DATA), imdb.load_imdb(tmp_path)
     assert plain["train"][0] == gzipped["train"][0]
 
 

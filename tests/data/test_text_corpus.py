@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rnnapps.data import sources, text_corpus
+from rnnapps import text_ops
+from rnnapps.data import sources
 from rnnapps.data.text_corpus import (
     build_char_vocabulary,
-    decode_ids,
-    encode_text,
     load_corpus,
-    make_char_lookup,
     split_corpus,
     text_to_ids,
 )
 from rnnapps.errors import DataNotFoundError
+from rnnapps.text_ops import decode_ids, encode_text, make_char_lookup
 
 POEM = "Shall I compare thee\nto a summer’s day?\n"
 
@@ -122,4 +121,4 @@ def test_lookup_runs_in_graph():
     lookup, _ = make_char_lookup(build_char_vocabulary("abc"))
     encode = tf.function(lambda text: encode_text(text, lookup), input_signature=[tf.TensorSpec([], tf.string)])
     np.testing.assert_array_equal(encode(tf.constant("cab?")), [3, 1, 2, 0])
-    assert text_corpus.OOV_TOKEN == "[UNK]"
+    assert text_ops.OOV_TOKEN == "[UNK]"

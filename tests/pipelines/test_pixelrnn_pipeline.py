@@ -1,7 +1,6 @@
 """End-to-end smoke test of the PixelRNN pipeline on the synthetic fixture, plus its pieces."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,19 @@ from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
 from rnnapps.export import load_export
-from rnnapps.pipelines.pixelrnn import PixelRNNConfig, build_pixel_rnn, occlusion_mask
+from rnnapps.models.pixel_rnn import bernoulli_nll
+from rnnapps.pipelines.base import Datasets
+from rnnapps.pipelines.pixelrnn import PIPELINE, PixelRNNConfig, occlusion_mask
+from tests.conftest import FIXTURE_DATA
 
-DATA = Path(__file__).parent / "fixtures" / "data"
+
+def _smoke_model():
+    """The smoke preset's model, as the pipeline builds it (config fields → build_pixel_rnn)."""
+    return PIPELINE.build_model(resolve_config(PixelRNNConfig, "smoke"), Datasets(None, None, None))
 
 
 def _test_images(count=3):
-    with np.load(DATA / "mnist" / "binarized_mnist.npz") as arrays:
+    with np.load(FIXTURE_DATA / "mnist" / "binarized_mnist.npz") as arrays:
         return arrays["x_test"][:count]
 
 
@@ -80,19 +85,18 @@ def test_bad_shapes_are_clear_errors(trained):
 def test_predict_cli_writes_grid(trained, tmp_path):
     _, export = trained
     output = tmp_path / "grid.png"
-    result = CliRunner().invoke(cli, ["predict", "pixelrnn", "--model", str(export), "--data-dir", str(DATA),
+    result = CliRunner().invoke(cli, ["predict", "pixelrnn", "--model", str(export), "--data-dir", str(FIXTURE_DATA),
                                       "--occlude", "right", "--count", "2", "--samples", "2", "--seed", "3",
                                       "--output", str(output)])
     assert result.exit_code == 0, result.output
     assert str(output) in result.output and output.stat().st_size > 0
-    bad = CliRunner().invoke(cli, ["predict", "pixelrnn", "--model", str(export), "--data-dir", str(DATA),
+    bad = CliRunner().invoke(cli, ["predict", "pixelrnn", "--model", str(export), "--data-dir", str(FIXTURE_DATA),
                                    "--occlude", "box:5,5,40,9", "--output", str(output)])
     assert bad.exit_code != 0 and "box must lie inside" in bad.output
 
 
 def test_model_is_causal():
-    config = resolve_config(PixelRNNConfig, "smoke")
-    model = build_pixel_rnn(config)
+    model = _smoke_model()
     images = tf.Variable(tf.cast(tf.random.stateless_uniform([1, 28, 28, 1], seed=[1, 2]) > 0.5, tf.float32))
     row, column = 9, 13
     with tf.GradientTape() as tape:
@@ -119,11 +123,9 @@ def test_occlusion_masks_and_config_errors():
 def test_mixed_float16_logits_and_loss_are_float32():
     import keras
 
-    from rnnapps.pipelines.pixelrnn import bernoulli_nll
-
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_pixel_rnn(resolve_config(PixelRNNConfig, "smoke"))
+        model = _smoke_model()
         images = tf.cast(_test_images(2)[..., None], tf.float32)
         logits = model(images)
         nll = bernoulli_nll(images, logits)
@@ -131,3 +133,18 @@ def test_mixed_float16_logits_and_loss_are_float32():
         keras.mixed_precision.set_global_policy("float32")
     assert logits.dtype == tf.float32 and nll.dtype == tf.float32
     assert np.all(np.isfinite(nll.numpy()))
+
+
+def test_inpainting_grid_rows_show_occluded_completions_original(tmp_path):
+    from PIL import Image
+
+    from rnnapps.image_plots import write_inpainting_grid
+
+    originals = np.ones((2, 4, 3, 1), "float32")
+    known = np.ones_like(originals)
+    known[:, 2:] = 0
+    completions = np.zeros((2, 3, 4, 3, 1), "float32")
+    path = write_inpainting_grid(originals, known, completions, tmp_path / "grid.png", scale=1)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (2 * (4 + 2) + 2, 5 * (3 + 2) + 2)  # one row per image: occluded | 3 completions | original
+    assert grid[2, 2] == 255 and grid[2 + 2, 2] == 128 and grid[2, 2 + 5] == 0 and grid[2, 2 + 4 * 5] == 255

@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+from tests.conftest import FIXTURE_DATA
+
 TIMEOUT = 180
 
 

@@ -1,10 +1,28 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from rnnapps.models.pixel_rnn import MaskedConv2D, RowLSTM, causal_kernel_mask
+from rnnapps.models.pixel_rnn import (
+    MaskedConv2D,
+    RowLSTM,
+    bernoulli_nll,
+    build_pixel_rnn,
+    causal_kernel_mask,
+    complete_images,
+    inpaint_numpy,
+    sample_numpy,
+)
 from tests.layer_checks import assert_all_close, check_layer
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = dict(height=6, width=5, filters=4, hidden_units=3, row_lstm_layers=2, output_units=4)
 
 
 def _expected_single_channel_mask(size, mask_type):
@@ -271,3 +289,70 @@ def test_input_channels_must_split_into_colours():
         match=r"input channels divisible by color_channels=3.*Received: input channels=2",
     ):
         RowLSTM(3, color_channels=3)(np.zeros((1, 3, 3, 2), "float32"))
+
+
+def _tiny_images(count=2, seed=0):
+    return (np.random.default_rng(seed).random((count, 6, 5, 1)) > 0.5).astype("float32")
+
+
+def test_builder_takes_plain_keyword_arguments():
+    keras.utils.set_random_seed(0)
+    model = build_pixel_rnn(**TINY)
+    assert model.name == "pixel_rnn" and tuple(model.input_shape) == (None, 6, 5, 1)
+    assert tuple(model(_tiny_images()).shape) == (2, 6, 5, 1)
+    names = {layer.name for layer in model.layers}
+    # hidden_units != filters: each residual branch is projected back to the stream's width.
+    assert {"row_lstm_1", "row_lstm_2", "residual_projection_1", "residual_2", "logits"} <= names
+    plain = build_pixel_rnn(**{**TINY, "residual": False, "hidden_units": 4})
+    assert not any(layer.name.startswith("residual") for layer in plain.layers)
+
+
+def test_bernoulli_nll_sums_pixels_in_nats():
+    images = _tiny_images()
+    nll = bernoulli_nll(images, np.zeros_like(images))
+    np.testing.assert_allclose(nll, [30 * math.log(2)] * 2, rtol=1e-6)  # every pixel costs ln 2 at p = 1/2
+    logits = np.where(images > 0, 20.0, -20.0).astype("float32")
+    assert np.all(np.asarray(bernoulli_nll(images, logits)) < 1e-6)
+    assert keras.saving.get_registered_name(bernoulli_nll) == "rnnapps>bernoulli_nll"
+
+
+def test_complete_images_keeps_known_pixels_and_is_seeded():
+    keras.utils.set_random_seed(1)
+    model = build_pixel_rnn(**TINY)
+    images = _tiny_images(seed=2)
+    known = np.zeros_like(images, bool)
+    known[:, :3] = True  # the top half is given
+    first = complete_images(model, images, known, tf.constant(4)).numpy()
+    np.testing.assert_array_equal(first[:, :3], images[:, :3])
+    assert set(np.unique(first)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(complete_images(model, images, known, tf.constant(4)).numpy(), first)
+    completions = inpaint_numpy(model, images.astype(np.uint8), known, samples=2, seed=4)
+    assert completions.shape == (2, 2, 6, 5, 1) and completions.dtype == np.uint8
+    np.testing.assert_array_equal(completions[:, :, :3], np.repeat(images[:, None, :3], 2, axis=1))
+    np.testing.assert_array_equal(inpaint_numpy(model, images.astype(np.uint8), known, samples=2, seed=4), completions)
+    samples = sample_numpy(model, 3, seed=0)
+    assert samples.shape == (3, 6, 5, 1) and samples.dtype == np.uint8
+
+
+def test_model_keras_loads_with_rnnapps_models_alone(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = build_pixel_rnn(**TINY)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=250.0), loss=bernoulli_nll)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    images = (np.arange(30).reshape(1, 6, 5, 1) % 3 == 0).astype("float32")
+    # A fresh interpreter that imports keras and rnnapps.models only, never a pipeline module.
+    code = (
+        "import json, sys\n"
+        "import keras\n"
+        "import rnnapps.models\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "assert model.loss is rnnapps.models.bernoulli_nll, model.loss\n"
+        "images = keras.ops.cast(keras.ops.reshape(keras.ops.arange(30) % 3 == 0, (1, 6, 5, 1)), 'float32')\n"
+        "logits = keras.ops.convert_to_numpy(model(images))\n"
+        "assert 'rnnapps.pipelines' not in sys.modules, sorted(sys.modules)\n"
+        "print(json.dumps(logits.tolist()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(done.stdout.splitlines()[-1]), model(images), atol=1e-5)

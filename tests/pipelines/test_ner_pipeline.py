@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,9 +21,9 @@ from rnnapps.pipelines.ner import (
     entity_spans,
     span_scores,
 )
+from tests.conftest import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
-GLOVE = FIXTURES / "conll2003" / "glove.txt"
+GLOVE = FIXTURE_DATA / "conll2003" / "glove.txt"
 TAGS = {"", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"}
 SENTENCES = [
     ["Maria", "Lopez", "visited", "Paris", "."],
@@ -157,7 +156,7 @@ def test_entity_confidence_is_the_weakest_token_and_annotation_brackets_spans():
 
 def test_softmax_decoder_builds_and_trains_one_step():
     config = dataclasses.replace(resolve_config(NerConfig, "smoke"), decoder="softmax")
-    datasets = PIPELINE.load_data(config, FIXTURES)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     model = PIPELINE.build_model(config, datasets)
     assert model.crf is None
     history = model.fit(datasets.train.take(1), epochs=1, verbose=0)
@@ -168,7 +167,7 @@ def test_softmax_decoder_builds_and_trains_one_step():
 
 def test_pretrained_vectors_initialise_the_word_embedding():
     config = dataclasses.replace(resolve_config(NerConfig, "smoke"), embeddings=str(GLOVE), word_embedding_dim=3)
-    datasets = PIPELINE.load_data(config, FIXTURES)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     model = PIPELINE.build_model(config, datasets)
     vocabulary = model.encoder.get_layer("word_lookup").get_vocabulary()
     matrix = model.encoder.get_layer("word_embedding").get_weights()[0]
@@ -176,12 +175,12 @@ def test_pretrained_vectors_initialise_the_word_embedding():
     # "0000" and "1996" both normalise to "0000": the file's first vector wins.
     np.testing.assert_allclose(matrix[vocabulary.index("0000")], [0.9, 0.9, 0.9])
     with pytest.raises(ConfigError, match="3-dimensional vectors but word_embedding_dim=8"):
-        PIPELINE.load_data(dataclasses.replace(config, word_embedding_dim=8), FIXTURES)
+        PIPELINE.load_data(dataclasses.replace(config, word_embedding_dim=8), FIXTURE_DATA)
 
 
 def test_bad_decoder_is_a_config_error():
     with pytest.raises(ConfigError, match="decoder='beam' is not one of crf, softmax"):
-        PIPELINE.load_data(dataclasses.replace(NerConfig(), decoder="beam"), FIXTURES)
+        PIPELINE.load_data(dataclasses.replace(NerConfig(), decoder="beam"), FIXTURE_DATA)
 
 
 def test_span_f1_matches_a_hand_count():

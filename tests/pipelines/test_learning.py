@@ -12,16 +12,18 @@ import math
 import pytest
 
 from rnnapps.pipelines import get_pipeline
-
-from .baselines import assert_beats, untrained
-from .conftest import CANONICAL_RUNS
+from tests.baselines import assert_beats, untrained
+from tests.conftest import CANONICAL_RUNS
 
 #: pipeline -> (metric, lower is better, the least gain over the untrained model)
 LEARNING = {
     "sentiment": ("test_accuracy", False, 0.2),
     "ner": ("test_f1", False, 0.15),
     "translate": ("test_bleu_beam", False, 5.0),
-    "autoencoder": ("test_token_accuracy", False, 0.1),
+    # Reconstruction loss per token (nats): the fixture reviews are random word salads, which a
+    # 16-number code of a smoke-sized model cannot reproduce greedily (see the xfail below), but
+    # whose word and position statistics it learns: 3.03 vs 3.83 untrained, measured 2026-12-03.
+    "autoencoder": ("test_loss", True, 0.4),
     "textgen": ("test_nats_per_char", True, 0.5),
     "pixelrnn": ("test_nll_nats", True, 50.0),
     "draw": ("test_nll_bound_nats", True, 50.0),
@@ -45,20 +47,7 @@ def untrained_metrics(canonical_run, tmp_path_factory):
     return get
 
 
-#: Pipelines whose fixture smoke run does not yet beat its untrained model (measured 2026-12-03:
-#: ner test F1 0 vs 0, translate beam BLEU 1.54 vs 1.69, autoencoder token accuracy 0.013 vs 0.023).
-#: Strict: the day one of them learns, its xfail turns into a failure and the bar must be switched on.
-NOT_YET_LEARNING = {"ner", "translate", "autoencoder"}
-
-
-def _learning_cases():
-    for pipeline in sorted(LEARNING):
-        marks = [pytest.mark.xfail(strict=True, reason="the fixture smoke run does not learn yet (issue 18)")] \
-            if pipeline in NOT_YET_LEARNING else []
-        yield pytest.param(pipeline, marks=marks, id=pipeline)
-
-
-@pytest.mark.parametrize("pipeline", _learning_cases())
+@pytest.mark.parametrize("pipeline", sorted(LEARNING))
 def test_the_smoke_run_beats_its_untrained_model(pipeline, canonical_run, untrained_metrics):
     metric, lower_is_better, margin = LEARNING[pipeline]
     trained = canonical_run(pipeline).result.metrics[metric]
@@ -77,8 +66,15 @@ def test_textgen_beats_a_uniform_guess_over_its_vocabulary(canonical_run):
     assert nats < 0.8 * math.log(vocabulary), (nats, vocabulary)
 
 
-@pytest.mark.xfail(strict=True, reason="on 3 fixture sentences the barely trained model's beam BLEU is below greedy")
 def test_translate_beam_search_is_no_worse_than_greedy(canonical_run):
     metrics = canonical_run("translate").result.metrics
     assert metrics["beam_width"] > 1
     assert metrics["test_bleu_beam"] >= metrics["test_bleu_greedy"] - 1e-9, metrics
+
+
+@pytest.mark.xfail(strict=True, reason="greedy reconstruction of unseen random word salads stays near chance on the "
+                   "fixture: token accuracy 0.043 vs 0.023 untrained (measured 2026-12-03); turns red once it learns")
+def test_autoencoder_greedy_reconstruction_beats_its_untrained_model(canonical_run, untrained_metrics):
+    trained = canonical_run("autoencoder").result.metrics["test_token_accuracy"]
+    assert_beats(trained, untrained_metrics("autoencoder")["test_token_accuracy"], by=0.1,
+                 name="autoencoder test_token_accuracy")

@@ -11,17 +11,17 @@ from click.testing import CliRunner
 
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
-from rnnapps.data.text import detokenize
 from rnnapps.errors import ConfigError
-from rnnapps.models.translator import END_ID, START_ID, Translator
+from rnnapps.models.seq2seq import END_ID, START_ID, teacher_forcing_pairs
+from rnnapps.models.translator import Translator
 from rnnapps.pipelines.translate import (
     PIPELINE,
     TranslateConfig,
     target_vocabulary,
-    teacher_forcing_pair,
 )
+from rnnapps.text_ops import detokenize
+from tests.conftest import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures"
 TEXTS = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee.", "Quxfoo blarg zzz ÄÖÜ 🎬"]
 
 
@@ -33,7 +33,7 @@ def smoke_run(canonical_run):
 
 
 def test_teacher_forcing_pair_adds_markers_and_keeps_padding():
-    decoder_input, labels = teacher_forcing_pair(tf.constant([[5, 6, 7], [8, 0, 0]]), max_length=2)
+    decoder_input, labels = teacher_forcing_pairs(tf.constant([[5, 6, 7], [8, 0, 0]]), max_length=2)
     assert decoder_input.numpy().tolist() == [[START_ID, 5, 6], [START_ID, 8, 0]]
     assert labels.numpy().tolist() == [[5, 6, END_ID], [8, END_ID, 0]]
 
@@ -86,9 +86,9 @@ def test_translator_learns_to_reverse_with_a_real_sized_vocabulary():
 
 def test_bad_config_values_are_named():
     for key, value in (("dataset", "wmt"), ("attention", "multihead"), ("beam_width", "0")):
-        config = resolve_config(TranslateConfig, "smoke", set_options={key: value})
+        # Refused where the value enters (TrainingConfig.validate runs on every override).
         with pytest.raises(ConfigError, match=key):
-            config.validate()
+            resolve_config(TranslateConfig, "smoke", set_options={key: value})
 
 
 def test_run_reports_bleu_translations_and_attention_plots(smoke_run):
@@ -156,7 +156,7 @@ def test_cli_predict(smoke_run, tmp_path):
 
 def test_anki_fixture_loads_and_trains_a_step():
     config = resolve_config(TranslateConfig, "smoke", set_options={"dataset": "anki"})
-    datasets = PIPELINE.load_data(config, FIXTURES)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     sizes = datasets.info["sizes"]
     assert sum(sizes.values()) == 12 and sizes["train"] >= 8
     inputs, labels = next(iter(datasets.train))

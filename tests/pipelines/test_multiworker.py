@@ -11,14 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+from tests.conftest import FIXTURE_DATA
+
 TIMEOUT = 300
 
 
@@ -66,13 +66,13 @@ def _wait(processes, tmp_path):
 
 def _steps_per_epoch():
     """The smoke preset's training batches on the fixtures, as one process counts them."""
-    from rnnapps import runtime
+    from rnnapps import training
     from rnnapps.config import resolve_config
     from rnnapps.pipelines import get_pipeline
 
     pipeline = get_pipeline("sentiment")
     datasets = pipeline.load_data(resolve_config(pipeline.config_class, "smoke"), FIXTURE_DATA)
-    return int(runtime.with_known_length(datasets.train).cardinality())
+    return int(training.with_known_length(datasets.train).cardinality())
 
 
 def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):

@@ -2,16 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rnnapps.data.text import (
-    bucket_boundaries,
-    build_vocabulary,
-    make_vectorizer,
-    standardize_text,
-    text_label_dataset,
-    token_counts,
-    tokenize_words,
-)
+from rnnapps.data.text import bucket_boundaries, build_vocabulary, text_label_dataset
 from rnnapps.models import ClipSequenceLength
+from rnnapps.text_ops import make_vectorizer, standardize_text, token_counts, tokenize_words
 from tests.layer_checks import check_layer
 
 

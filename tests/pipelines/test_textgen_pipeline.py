@@ -15,8 +15,7 @@ from rnnapps.data import text_corpus
 from rnnapps.models import CharTextModel, ResetStatesEvery
 from rnnapps.models.char_lm import TruncatedBPTTModel, build_char_lm
 from rnnapps.pipelines.textgen import PIPELINE, TextgenConfig
-
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+from tests.conftest import FIXTURE_DATA
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,8 @@ def generate(loaded, prompt, length=30, temperature=0.8, seed=7, signature="gene
 
 def test_load_data_splits_contiguously_with_train_vocabulary():
     config = resolve_config(TextgenConfig, "smoke")
-    datasets = PIPELINE.load_data(config, FIXTURES)
-    text = text_corpus.load_corpus(FIXTURES)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
+    text = text_corpus.load_corpus(FIXTURE_DATA)
     sizes = datasets.info["sizes"]
     assert sum(sizes.values()) == len(text) and sizes["train"] == round(0.9 * len(text))
     assert datasets.info["vocabulary"] == sorted(set(text[: sizes["train"]]))
@@ -52,7 +51,7 @@ def test_load_data_splits_contiguously_with_train_vocabulary():
 def test_too_small_split_is_a_clear_error():
     config = resolve_config(TextgenConfig, "smoke", set_options={"batch_size": 64})
     with pytest.raises(ValueError, match="validation split is too small"):
-        PIPELINE.load_data(config, FIXTURES)
+        PIPELINE.load_data(config, FIXTURE_DATA)
 
 
 def test_state_reset_every_interval_batches():
@@ -77,7 +76,7 @@ def test_run_reports_nats_and_bits_and_saves_a_sample(trained):
     metrics = result.metrics
     for split in ("validation", "test"):
         nats = metrics[f"{split}_nats_per_char"]
-        assert math.isfinite(nats) and nats > 0  # how far below chance: tests/test_learning.py
+        assert math.isfinite(nats) and nats > 0  # how far below chance: tests/pipelines/test_learning.py
         assert metrics[f"{split}_bits_per_char"] == pytest.approx(nats / math.log(2))
     sample = Path(metrics["sample_file"]).read_text(encoding="utf-8")
     assert sample.startswith(result.config.sample_prompt) and len(sample) > result.config.sample_length

@@ -1,7 +1,6 @@
 import gzip
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,12 +13,11 @@ from rnnapps.data.parallel_text import (
     split_by_source_sentence,
 )
 from rnnapps.errors import DataNotFoundError
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.conftest import FIXTURE_DATA
 
 
 def test_multi30k_fixture_both_directions():
-    corpus = load_parallel_corpus("multi30k", "de", "en", data_dir=FIXTURES)
+    corpus = load_parallel_corpus("multi30k", "de", "en", data_dir=FIXTURE_DATA)
     assert {split: len(pairs) for split, pairs in corpus.items()} == {
         "train": 6,
         "validation": 3,
@@ -27,20 +25,20 @@ def test_multi30k_fixture_both_directions():
     }
     assert corpus["train"][1] == ("Ein Mann fährt Fahrrad.", "A man rides a bicycle.")
     assert corpus["test"][0] == ("Eine Frau fährt Fahrrad.", "A woman rides a bicycle.")
-    reverse = load_parallel_corpus("multi30k", "en", "de", data_dir=FIXTURES)
+    reverse = load_parallel_corpus("multi30k", "en", "de", data_dir=FIXTURE_DATA)
     assert reverse["validation"] == [(en, de) for de, en in corpus["validation"]]
     # The dataset folder itself is accepted as data_dir; source/target default to de -> en.
-    assert load_parallel_corpus("multi30k", data_dir=FIXTURES / "multi30k") == corpus
+    assert load_parallel_corpus("multi30k", data_dir=FIXTURE_DATA / "multi30k") == corpus
 
 
 def test_multi30k_plain_files_and_upstream_test_name(tmp_path):
     folder = tmp_path / "multi30k"
     folder.mkdir()
-    for path in (FIXTURES / "multi30k").glob("*.gz"):
+    for path in (FIXTURE_DATA / "multi30k").glob("*.gz"):
         stem = path.name[: -len(".gz")].replace("test2016", "test_2016_flickr")
         (folder / stem).write_bytes(gzip.decompress(path.read_bytes()))
     assert load_parallel_corpus("multi30k", data_dir=tmp_path) == load_parallel_corpus(
-        "multi30k", data_dir=FIXTURES
+        "multi30k", data_dir=FIXTURE_DATA
     )
 
 
@@ -73,7 +71,7 @@ def test_multi30k_download_uses_pinned_urls_and_checksums(monkeypatch):
     def fake_download(url, sha256, filename, dataset, expected, data_dir):
         calls.append((url, sha256, filename))
         local = filename.replace("multi30k_", "").replace("test_2016_flickr", "test2016")
-        return FIXTURES / "multi30k" / local
+        return FIXTURE_DATA / "multi30k" / local
 
     monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(sources, "download", fake_download)
@@ -91,20 +89,20 @@ def test_multi30k_download_uses_pinned_urls_and_checksums(monkeypatch):
 
 
 def test_anki_split_is_seeded_and_keeps_sentences_together():
-    corpus = load_parallel_corpus("anki", "en", "es", data_dir=FIXTURES, seed=0)
-    all_pairs = read_anki(FIXTURES / "anki" / "spa-eng.txt.gz")
+    corpus = load_parallel_corpus("anki", "en", "es", data_dir=FIXTURE_DATA, seed=0)
+    all_pairs = read_anki(FIXTURE_DATA / "anki" / "spa-eng.txt.gz")
     assert len(all_pairs) == 12 and all_pairs[0] == ("Go.", "Ve.")
     assert sorted(p for pairs in corpus.values() for p in pairs) == sorted(all_pairs)
     assert [len(corpus[split]) for split in ("validation", "test")] in ([1, 1], [2, 1], [1, 2])
     # The two translations of "Go." share a split.
     assert len({split for split, pairs in corpus.items() for en, _ in pairs if en == "Go."}) == 1
-    assert load_parallel_corpus("anki", "en", "es", data_dir=FIXTURES, seed=0) == corpus
+    assert load_parallel_corpus("anki", "en", "es", data_dir=FIXTURE_DATA, seed=0) == corpus
     others = [
-        load_parallel_corpus("anki", "en", "es", data_dir=FIXTURES, seed=s) for s in (1, 2, 3)
+        load_parallel_corpus("anki", "en", "es", data_dir=FIXTURE_DATA, seed=s) for s in (1, 2, 3)
     ]
     assert any(other != corpus for other in others)
     # Default direction es -> en reverses the pairs, same split.
-    reverse = load_parallel_corpus("anki", data_dir=FIXTURES, seed=0)
+    reverse = load_parallel_corpus("anki", data_dir=FIXTURE_DATA, seed=0)
     assert reverse["train"] == [(es, en) for en, es in corpus["train"]]
 
 
@@ -125,7 +123,7 @@ def test_anki_bad_line_and_extra_columns(tmp_path):
 
 
 def test_anki_local_layouts_and_missing_file(tmp_path):
-    shutil.copy(FIXTURES / "anki" / "spa-eng.txt.gz", tmp_path / "spa-eng.txt.gz")
+    shutil.copy(FIXTURE_DATA / "anki" / "spa-eng.txt.gz", tmp_path / "spa-eng.txt.gz")
     assert len(load_parallel_corpus("anki", data_dir=tmp_path)["train"]) >= 8
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -144,7 +142,7 @@ def test_anki_local_layouts_and_missing_file(tmp_path):
 )
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        load_parallel_corpus(data_dir=FIXTURES, **kwargs)
+        load_parallel_corpus(data_dir=FIXTURE_DATA, **kwargs)
 
 
 def test_module_constants_cover_every_split():

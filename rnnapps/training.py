@@ -1,19 +1,16 @@
-"""Shared runtime: strategy, precision, seeding, run directories and callbacks.
+"""Training: the optimiser, the one learning-rate policy, crash-safe backups, callbacks and ``fit``.
 
-Every pipeline trains through :func:`fit` here; nothing else in the package
-calls ``model.fit``. See docs/design.md for the choices and why.
+Every pipeline trains through :func:`fit` here; nothing else in the package calls
+``model.fit``. See docs/design.md for the choices and why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as _dt
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,111 +18,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from rnnapps.config import check_backup_interval, check_learning_rate_schedule
+from rnnapps.devices import any_worker, is_multi_worker
 from rnnapps.errors import ConfigError, TrainingError
-
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-
-
-def num_gpus() -> int:
-    return len(tf.config.list_physical_devices("GPU"))
-
-
-def choose_precision(requested: str = "auto", gpus: int | None = None) -> str:
-    """The Keras dtype policy name for ``requested``.
-
-    ``auto`` is ``mixed_float16`` on a GPU (tensor cores, cuDNN RNN kernels) and
-    ``float32`` on a CPU: MEASUREMENTS.md found mixed_bfloat16 gives 0.7–1.1× for
-    Keras LSTM/GRU on this CPU, so it is opt-in only.
-    """
-    if requested not in PRECISIONS:
-        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
-    if requested != "auto":
-        return requested
-    gpus = num_gpus() if gpus is None else gpus
-    return "mixed_float16" if gpus > 0 else "float32"
-
-
-def apply_precision(policy_name: str) -> None:
-    keras.mixed_precision.set_global_policy(policy_name)
-
-
-def choose_strategy(requested: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy for ``requested``; batch sizes stay global.
-
-    ``auto`` mirrors over all local GPUs when there is more than one, and is
-    the default (single device) strategy otherwise. ``multiworker`` reads the
-    cluster from ``$TF_CONFIG``.
-    """
-    if requested not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {requested!r}; choose one of {', '.join(STRATEGIES)}")
-    gpus = num_gpus() if gpus is None else gpus
-    if requested == "mirrored" or (requested == "auto" and gpus > 1):
-        return tf.distribute.MirroredStrategy()
-    if requested == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("--strategy multiworker needs the cluster in $TF_CONFIG")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    """Whether ``strategy`` trains in step with other processes (MultiWorkerMirroredStrategy over a cluster)."""
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
-
-
-def task_of(strategy: tf.distribute.Strategy) -> tuple[str, int]:
-    """This process's ``(task type, index)`` in the cluster, ``("chief", 0)`` outside one."""
-    if not is_multi_worker(strategy):
-        return "chief", 0
-    resolver = strategy.cluster_resolver
-    return resolver.task_type, int(resolver.task_id)
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The ``chief`` task, or worker 0 of a cluster without one (TensorFlow's convention); True outside a cluster."""
-    task_type, task_id = task_of(strategy)
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in strategy.cluster_resolver.cluster_spec().jobs
-
-
-# A non-chief worker writes into this directory (and keeps it) instead of a temporary one that is removed.
-WORKER_DIR_ENV = "RNNAPPS_WORKER_DIR"
-
-
-@contextlib.contextmanager
-def worker_scratch_dir(strategy: tf.distribute.Strategy):
-    """Where a non-chief worker's callbacks write: only the chief writes the run directory.
-
-    A temporary directory, removed afterwards; or ``$RNNAPPS_WORKER_DIR``, kept (to compare a
-    worker's ``model.keras`` with the chief's, or read its logs).
-    """
-    kept = os.environ.get(WORKER_DIR_ENV)
-    if kept:
-        Path(kept).mkdir(parents=True, exist_ok=True)
-        yield Path(kept)
-        return
-    task_type, task_id = task_of(strategy)
-    scratch = Path(tempfile.mkdtemp(prefix=f"rnnapps-{task_type}{task_id}-"))
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def copy_training_state(run_dir: Path, scratch: Path) -> None:
-    """Copy what a resumed session reads (backup, best checkpoint, history) from the chief's run directory."""
-    for name in (BACKUP_DIR, "checkpoints"):
-        if (run_dir / name).is_dir():
-            shutil.copytree(run_dir / name, scratch / name, dirs_exist_ok=True)
-    if (run_dir / "history.csv").exists():
-        shutil.copy2(run_dir / "history.csv", scratch / "history.csv")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed``)."""
-    keras.utils.set_random_seed(int(seed))
+from rnnapps.run_dirs import BACKUP_DIR, read_history, write_json
 
 
 def make_optimizer(config) -> keras.optimizers.Optimizer:
@@ -137,59 +33,10 @@ def make_optimizer(config) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=clipnorm)
 
 
-# --- run directories -------------------------------------------------------------------------
-
-def new_run_dir(output_dir: str | Path, pipeline: str) -> Path:
-    """``<output_dir>/<pipeline>/<YYYYmmdd-HHMMSS>[-n]/``, created."""
-    root = Path(output_dir) / pipeline
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate, suffix = root / stamp, 1
-    while candidate.exists():
-        suffix += 1
-        candidate = root / f"{stamp}-{suffix}"
-    candidate.mkdir()
-    return candidate
-
-
-def latest_run_dir(output_dir: str | Path, pipeline: str) -> Path:
-    """The most recent run of ``pipeline`` (by name, which sorts by start time)."""
-    root = Path(output_dir) / pipeline
-    runs = sorted(p for p in root.glob("*") if (p / "config.json").exists()) if root.is_dir() else []
-    if not runs:
-        raise ConfigError(f"no runs of {pipeline!r} under {str(root)!r}; start one with `rnnapps run {pipeline}`")
-    return runs[-1]
-
-
-def write_json(path: str | Path, values) -> None:
-    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(json.dumps(values, indent=2, sort_keys=True, default=_json_default) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-# Where the training backup (what --resume continues from) lives in a run directory.
-BACKUP_DIR = "backup"
 # Keras' name for the backup's metadata; ours also names the weights file it commits.
 BACKUP_METADATA = "training_metadata.json"
 # The weights file of backups written before ours named theirs (Keras' BackupAndRestore).
 LEGACY_BACKUP_WEIGHTS = "latest.weights.h5"
-
-
-def check_backup_interval(minutes: float | None) -> None:
-    """Raise :class:`ConfigError` for a negative ``backup_every_minutes``."""
-    if minutes is not None and minutes < 0:
-        raise ConfigError(f"backup_every_minutes={minutes!r} must be >= 0 (0 or none: back up at epoch ends only)")
 
 
 def read_backup(backup_dir: str | Path) -> dict | None:
@@ -352,40 +199,6 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def any_worker(strategy: tf.distribute.Strategy):
-    """``vote(flag) -> bool``: whether ``flag`` is true on any worker; a collective, so every worker must vote."""
-
-    @tf.function
-    def count(flag):
-        votes = strategy.run(lambda: tf.cast(flag, tf.float32))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)
-
-    return lambda flag: float(count(tf.constant(bool(flag)))) > 0
-
-
-def wait_for_other_workers(strategy: tf.distribute.Strategy) -> None:
-    """Return once every worker has called this (a no-op outside a cluster).
-
-    The chief calls it after evaluating and exporting, the others after training: a worker that
-    exits first is reported by the chief's coordination service as crashed.
-    """
-    if is_multi_worker(strategy):
-        any_worker(strategy)(True)
-
-
-def check_learning_rate_schedule(decay: float, hold_epochs: int) -> None:
-    """Raise :class:`ConfigError` for a schedule that is invalid or would silently do nothing."""
-    if not 0 < decay <= 1:
-        raise ConfigError(f"learning_rate_decay={decay!r} must be in (0, 1]")
-    if hold_epochs < 0:
-        raise ConfigError(f"learning_rate_hold_epochs={hold_epochs!r} must be >= 0")
-    if decay == 1.0 and hold_epochs:
-        raise ConfigError(
-            f"learning_rate_hold_epochs={hold_epochs!r} holds the rate before a decay, but "
-            f"learning_rate_decay=1 means no decay: set learning_rate_decay below 1 too, or drop the hold"
-        )
-
-
 def learning_rate_decay_callback(
     learning_rate: float, decay: float, hold_epochs: int = 0
 ) -> keras.callbacks.Callback | None:
@@ -401,6 +214,27 @@ def learning_rate_decay_callback(
     return keras.callbacks.LearningRateScheduler(
         lambda epoch: learning_rate * decay ** max(0, epoch - hold_epochs)
     )
+
+
+def learning_rate_policy(config) -> keras.callbacks.Callback | None:
+    """The run's one learning-rate policy, from its config; None for a constant rate.
+
+    * ``learning_rate_decay < 1``: the per-epoch exponential decay of :func:`learning_rate_decay_callback`;
+    * ``lr_decay_patience > 0``: halve the rate (to at least 1e-5) once the validation loss has not
+      improved for that many epochs (``ReduceLROnPlateau``).
+
+    ``TrainingConfig.validate`` refuses both at once, so two callbacks never fight over the rate.
+    """
+    decay = learning_rate_decay_callback(config.learning_rate, config.learning_rate_decay,
+                                         config.learning_rate_hold_epochs)
+    if decay is not None:
+        return decay
+    if config.lr_decay_patience:
+        # Keras' patience counts the epochs after the one without improvement: ours counts that one.
+        return keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=config.lr_decay_patience - 1, min_lr=1e-5, verbose=0
+        )
+    return None
 
 
 def training_callbacks(
@@ -470,12 +304,10 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
         print(f"rnnapps: resuming from the backup at {describe_backup(backup)}")
     callbacks = training_callbacks(
         run_dir, monitor, mode, config.early_stopping_patience, extra_callbacks,
-        time_budget_minutes=getattr(config, "time_budget_minutes", None),
-        learning_rate_schedule=learning_rate_decay_callback(
-            config.learning_rate, getattr(config, "learning_rate_decay", 1.0),
-            getattr(config, "learning_rate_hold_epochs", 0)),
+        time_budget_minutes=config.time_budget_minutes,
+        learning_rate_schedule=learning_rate_policy(config),
         best_so_far=best_so_far,
-        backup_every_minutes=getattr(config, "backup_every_minutes", None),
+        backup_every_minutes=config.backup_every_minutes,
     )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():
@@ -597,19 +429,3 @@ def _keras_distribution_fixes(model: keras.Model, element_spec):
     finally:
         trainer.reduce_per_replica = original
         del model._maybe_symbolic_build
-
-
-def read_history(path: str | Path) -> dict[str, list[float]]:
-    """``history.csv`` (one row per epoch, appended across resumes) as columns."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    columns: dict[str, list[float]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                try:
-                    columns.setdefault(key, []).append(float(value))
-                except (TypeError, ValueError):
-                    continue
-    return columns

@@ -1,17 +1,18 @@
 import gzip
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from rnnapps import text_ops
 from rnnapps.data import conll
 from rnnapps.data.embeddings import read_word_vectors, vector_file_words
 from rnnapps.errors import DataNotFoundError
+from tests.conftest import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures" / "conll"
+CONLL = FIXTURE_DATA / "conll2003"
 
 
 def test_iob1_to_iob2():
@@ -25,7 +26,7 @@ def test_iob1_to_iob2():
 
 
 def test_read_iob1_file_converts_and_drops_docstart():
-    sentences = conll.read_conll(FIXTURES / "iob1" / "eng.train")
+    sentences = conll.read_conll(CONLL / "iob1" / "eng.train")
     assert len(sentences) == 4
     assert all(conll.DOCSTART not in s.tokens for s in sentences)
     assert sentences[0].tokens == ["EU", "rejects", "German", "call", "."]
@@ -36,8 +37,8 @@ def test_read_iob1_file_converts_and_drops_docstart():
 
 
 def test_read_iob2_splits_and_gz_copy(tmp_path):
-    splits = conll.find_conll_splits(FIXTURES)
-    assert splits == {split: FIXTURES / "conll2003" / f"{split}.txt" for split in conll.SPLITS}
+    splits = conll.find_conll_splits(FIXTURE_DATA)
+    assert splits == {split: FIXTURE_DATA / "conll2003" / f"{split}.txt" for split in conll.SPLITS}
     train = conll.read_conll(splits["train"])
     assert len(train) == 6 and train[0].tokens[:2] == ["Maria", "Lopez"]
     assert train[0].tags == ["B-PER", "I-PER", "O", "B-LOC", "O", "O", "O"]
@@ -54,13 +55,13 @@ def test_read_iob2_splits_and_gz_copy(tmp_path):
 
 def test_original_layouts_are_found(tmp_path):
     for name in ("eng.train", "eng.testa", "eng.testb.gz"):
-        shutil.copy(FIXTURES / "iob1" / "eng.train", tmp_path / name)
+        shutil.copy(CONLL / "iob1" / "eng.train", tmp_path / name)
     found = conll.find_conll_splits(tmp_path)
     assert found == {"train": tmp_path / "eng.train", "valid": tmp_path / "eng.testa", "test": tmp_path / "eng.testb.gz"}
     nested = tmp_path / "nested" / "conll2003" / "iob1_original"
     nested.mkdir(parents=True)
     for name in ("eng.train", "eng.testa", "eng.testb"):
-        shutil.copy(FIXTURES / "iob1" / "eng.train", nested / name)
+        shutil.copy(CONLL / "iob1" / "eng.train", nested / name)
     assert conll.find_conll_splits(tmp_path / "nested")["valid"] == nested / "eng.testa"
 
 
@@ -82,7 +83,7 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line):
 
 
 def test_vocabularies_come_from_train_only():
-    splits = conll.load_conll_splits(FIXTURES)
+    splits = conll.load_conll_splits(FIXTURE_DATA)
     vocab = conll.Vocabularies.from_sentences(splits["train"], min_word_count=1)
     assert "oslo" not in vocab.words and "lopez" in vocab.words
     assert "0000-00-00" in vocab.words and "1996-08-22" not in vocab.words
@@ -96,22 +97,22 @@ def test_vocabularies_come_from_train_only():
 
 def test_normalise_word_matches_graph_version():
     words = ["Paris", "1996-08-22", "U.S.", "3,000", ""]
-    assert [conll.normalise_word(w) for w in words] == ["paris", "0000-00-00", "u.s.", "0,000", ""]
-    graph = conll.normalise_words(tf.constant(words)).numpy().astype(str).tolist()
-    assert graph == [conll.normalise_word(w) for w in words]
+    assert [text_ops.normalise_word(w) for w in words] == ["paris", "0000-00-00", "u.s.", "0,000", ""]
+    graph = text_ops.normalise_words(tf.constant(words)).numpy().astype(str).tolist()
+    assert graph == [text_ops.normalise_word(w) for w in words]
 
 
 def test_case_feature_ids():
     tokens = ["", "lamb", "EU", "U.S.", "Peter", "McDonald", "1996", "3,000.5", "1996-08-22", "A4", ".", "--", "A", "don't"]
     expected = ["padding", "lower", "upper", "upper", "title", "mixed", "numeric", "numeric",
                 "has_digit", "has_digit", "other", "other", "upper", "lower"]
-    ids = conll.case_feature_ids(tf.constant(tokens)).numpy()
+    ids = text_ops.case_feature_ids(tf.constant(tokens)).numpy()
     assert ids.dtype == np.int32
-    assert [conll.CASE_CATEGORIES[i] for i in ids] == expected
+    assert [text_ops.CASE_CATEGORIES[i] for i in ids] == expected
 
 
 def _lookups():
-    vocab = conll.Vocabularies.from_sentences(conll.load_conll_splits(FIXTURES)["train"])
+    vocab = conll.Vocabularies.from_sentences(conll.load_conll_splits(FIXTURE_DATA)["train"])
     return vocab, conll.make_lookup_layers(vocab)
 
 
@@ -157,21 +158,21 @@ def test_featurize_runs_in_dataset_map_and_a_traced_signature():
 def test_read_word_vectors(tmp_path, caplog):
     vocabulary = ["", "[UNK]", "paris", "unseen", "0000", "rome"]
     with caplog.at_level(logging.INFO, logger="rnnapps.data.embeddings"):
-        matrix = read_word_vectors(FIXTURES / "glove.txt", vocabulary, seed=1)
+        matrix = read_word_vectors(CONLL / "glove.txt", vocabulary, seed=1)
     assert "3 of 5" in caplog.text
     assert matrix.shape == (6, 3) and matrix.dtype == np.float32
     np.testing.assert_array_equal(matrix[0], 0.0)
     np.testing.assert_allclose(matrix[2], [0.5, -0.5, 0.25])
     np.testing.assert_allclose(matrix[4], [0.9, 0.9, 0.9])
     assert np.abs(matrix[3]).sum() > 0 and np.abs(matrix[3]).max() < 5
-    np.testing.assert_array_equal(matrix, read_word_vectors(FIXTURES / "glove.txt", vocabulary, seed=1))
+    np.testing.assert_array_equal(matrix, read_word_vectors(CONLL / "glove.txt", vocabulary, seed=1))
     # Normalised file words: the first vector of "1996" -> "0000" loses to the earlier "0000".
     gz = tmp_path / "vectors.txt.gz"
-    with open(FIXTURES / "glove.txt", "rb") as source, gzip.open(gz, "wb") as target:
+    with open(CONLL / "glove.txt", "rb") as source, gzip.open(gz, "wb") as target:
         shutil.copyfileobj(source, target)
-    normalised = read_word_vectors(gz, vocabulary, dim=3, normalise=conll.normalise_word)
+    normalised = read_word_vectors(gz, vocabulary, dim=3, normalise=text_ops.normalise_word)
     np.testing.assert_allclose(normalised[4], [0.9, 0.9, 0.9])
-    assert vector_file_words(gz, normalise=conll.normalise_word) == ["the", "paris", "rome", "0000", "acme"]
+    assert vector_file_words(gz, normalise=text_ops.normalise_word) == ["the", "paris", "rome", "0000", "acme"]
 
 
 def test_read_word_vectors_errors(tmp_path):
