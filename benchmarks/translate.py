@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
 
     loaded = tf.saved_model.load(str(result.export_path))
     serve = loaded.signatures["serving_default"]
-    sentences = [source for source, _ in datasets.info["pairs"]["test"][: arguments.latency_sentences]]
+    sentences = [source for source, _ in datasets.info.test_pairs[: arguments.latency_sentences]]
     position = iter(range(10**9))
     latency = latency_stats(lambda: serve(text=tf.constant([sentences[next(position) % len(sentences)]])),
                             repeats=len(sentences))

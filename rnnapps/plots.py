@@ -72,7 +72,7 @@ def heatmap(values, row_labels: Sequence[str], column_labels: Sequence[str], pat
 
 
 def reliability_diagram(calibration: dict, path: str | Path, title: str = "Reliability diagram") -> Path:
-    """Accuracy against confidence per bin (``rnnapps.calibration.expected_calibration_error``'s table).
+    """Accuracy against confidence per bin (``rnnapps.metrics.expected_calibration_error``'s table).
 
     Bars are each bin's accuracy, the diagonal is perfect calibration, and the lower panel shows
     how many answers fall in each bin, since a bin of five says little.

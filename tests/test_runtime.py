@@ -92,10 +92,10 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
 
 def test_mixed_precision_keeps_float32_outputs(restore_policy):
     devices.apply_precision(devices.choose_precision("auto", gpus=1))
-    from rnnapps.pipelines.sentiment import SentimentConfig, SentimentPipeline
+    from rnnapps.pipelines.sentiment import SentimentConfig, SentimentData, SentimentPipeline
 
     config = SentimentConfig(vocab_size=20, embedding_dim=4, units=4, max_length=8)
-    datasets = Datasets(None, None, None, info={"vocabulary": ["", "[UNK]", "good", "bad"]})
+    datasets = Datasets(None, None, None, info=SentimentData(sizes={}, vocabulary=["", "[UNK]", "good", "bad"]))
     model = SentimentPipeline().build_model(config, datasets)
     assert model.get_layer("encoder").compute_dtype == "float16"
     output = model(tf.constant(["good movie", ""]))

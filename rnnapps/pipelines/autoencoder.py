@@ -52,6 +52,7 @@ from rnnapps.models.recurrent import CELL_TYPES
 from rnnapps.models.seq2seq import PAD_ID, UNKNOWN_ID, teacher_forcing_pairs, with_markers
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.pipelines.base import (
+    DataInfo,
     Datasets,
     Pipeline,
     evaluation_subset,
@@ -294,6 +295,15 @@ def plot_embedding_pca(codes, labels, path, title: str = "") -> tuple[Path, list
 
 # --- the pipeline ----------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class AutoencoderData(DataInfo):
+    """What ``load_data`` hands on: the vocabulary with markers, and the raw test texts (and labels, for IMDB)."""
+
+    vocabulary: list[str]
+    test_texts: list[str]
+    test_labels: np.ndarray | None = None
+
+
 class AutoencoderPipeline(Pipeline):
     name = "autoencoder"
     config_class = AutoencoderConfig
@@ -309,17 +319,17 @@ class AutoencoderPipeline(Pipeline):
             train=make("train", True),
             validation=make("validation", False),
             test=make("test", False),
-            info={
-                "vocabulary": vocabulary,
-                "texts": {"validation": texts["validation"], "test": texts["test"]},
-                "test_labels": texts["test_labels"],
-                "sizes": {split: len(texts[split]) for split in ("train", "validation", "test")},
-            },
+            info=AutoencoderData(
+                sizes={split: len(texts[split]) for split in ("train", "validation", "test")},
+                vocabulary=vocabulary,
+                test_texts=texts["test"],
+                test_labels=texts["test_labels"],
+            ),
         )
 
     def build_model(self, config: AutoencoderConfig, datasets: Datasets) -> keras.Model:
         model = Seq2SeqAutoencoder(
-            datasets.info["vocabulary"],
+            datasets.info.vocabulary,
             embedding_dim=config.embedding_dim,
             cell=config.cell,
             units=config.units,
@@ -343,7 +353,7 @@ class AutoencoderPipeline(Pipeline):
         return model
 
     def evaluate(self, model: Seq2SeqAutoencoder, datasets: Datasets, config: AutoencoderConfig, run_dir: Path) -> dict:
-        texts = datasets.info["texts"]["test"]
+        texts = datasets.info.test_texts
         scored = texts[: config.eval_examples] if config.eval_examples else texts
         greedy = reconstruction_metrics(model, scored)
         with warnings.catch_warnings():
@@ -365,7 +375,7 @@ class AutoencoderPipeline(Pipeline):
         if config.beam_width > 1:
             beam = reconstruction_metrics(model, scored, beam_width=config.beam_width)
             metrics.update(test_beam_token_accuracy=beam["token_accuracy"], test_beam_exact_match=beam["exact_match"])
-        labels = datasets.info.get("test_labels")
+        labels = datasets.info.test_labels
         if labels is not None:
             order = np.random.default_rng(config.seed).permutation(len(texts))[: config.plot_examples]
             codes = encode_texts(model, [texts[index] for index in order])

@@ -9,22 +9,48 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rnnapps.export import Endpoint
 
 
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a pipeline's data step hands on besides the batches; each pipeline extends it.
+
+    Frozen: ``load_data`` writes it once, and ``build_model``, ``evaluate`` and the benchmarks
+    only read it (a field that a later step filled in was a side channel between them).
+    """
+
+    #: examples per split after the caps (``max_train_examples``, ``max_eval_examples``)
+    sizes: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData(DataInfo):
+    """What the image pipelines' ``load_data`` hands on: the image shape and the test images (for pictures)."""
+
+    image_shape: tuple[int, int, int]
+    test_images: np.ndarray
+    #: whether pixels are 0/1 (binarized MNIST) rather than intensities (SVHN)
+    binary: bool = True
+
+
+InfoT = TypeVar("InfoT", bound=DataInfo)
+
+
 @dataclasses.dataclass
-class Datasets:
-    """Batched ``tf.data`` splits plus what the model needs to be built (vocabularies...)."""
+class Datasets(Generic[InfoT]):
+    """Batched ``tf.data`` splits plus the pipeline's typed :class:`DataInfo` (vocabularies, test texts...)."""
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    info: InfoT | None = None
 
 
 class Pipeline:
@@ -92,11 +118,18 @@ def export_options(command):
     )(command)
 
 
+def export_path(pipeline: str, model_path: str | None, export_dir: str) -> Path:
+    """The export a predict verb reads: ``--model``, or the latest export of ``pipeline`` under ``--export-dir``."""
+    from rnnapps.export import latest_export
+
+    return Path(model_path) if model_path else latest_export(export_dir, pipeline)
+
+
 def served_model(pipeline: str, model_path: str | None, export_dir: str):
     """``(loaded SavedModel, its path)``: ``model_path``, or the latest export of ``pipeline``."""
-    from rnnapps.export import latest_export, load_export
+    from rnnapps.export import load_export
 
-    path = Path(model_path) if model_path else latest_export(export_dir, pipeline)
+    path = export_path(pipeline, model_path, export_dir)
     return load_export(path), path
 
 

@@ -62,6 +62,7 @@ from rnnapps.models.draw import DrawModel, build_draw
 from rnnapps.models.images import serving_images_to_float, unit_float_to_uint8
 from rnnapps.pipelines.base import (
     Datasets,
+    ImageData,
     Pipeline,
     evaluation_subset,
     export_limits,
@@ -167,16 +168,16 @@ class DrawPipeline(Pipeline):
             train=batches(train, True),
             validation=batches(validation, False),
             test=batches(test, False),
-            info={
-                "image_shape": tuple(int(size) for size in train.shape[1:]),
-                "binary": binary,
-                "test_images": test,
-                "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
-            },
+            info=ImageData(
+                sizes={"train": len(train), "validation": len(validation), "test": len(test)},
+                image_shape=tuple(int(size) for size in train.shape[1:]),
+                test_images=test,
+                binary=binary,
+            ),
         )
 
     def build_model(self, config: DrawConfig, datasets: Datasets) -> keras.Model:
-        height, width, channels = datasets.info.get("image_shape", IMAGE_SHAPES[config.dataset])
+        height, width, channels = datasets.info.image_shape
         read_glimpse, write_glimpse = config.glimpse_sizes
         # Built by build_draw: BackupAndRestore (the runner's resume) needs the weights before fit().
         model = build_draw(
@@ -197,10 +198,10 @@ class DrawPipeline(Pipeline):
             "test_examples": int(len(bounds)),
             "likelihood": config.likelihood,
         }
-        test_images = datasets.info.get("test_images")
+        test_images = datasets.info.test_images
         if test_images is not None and len(test_images):
             originals = test_images[: max(config.reconstruct_examples, 1)]
-            floats = _to_unit_interval(originals, datasets.info.get("binary", True))
+            floats = _to_unit_interval(originals, datasets.info.binary)
             kl = np.asarray(model.kl_per_step(floats, seed=config.seed)).mean(axis=0)
             metrics["test_kl_per_step_nats"] = [round(float(value), 4) for value in kl]
             image_plots.write_step_bars(kl, run_dir / "kl_per_step.png", title="KL(q(z_t) ‖ p(z_t)) per step",

@@ -43,10 +43,12 @@ from rnnapps.data import conll
 from rnnapps.data.embeddings import read_word_vectors, vector_file_words
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
+from rnnapps.metrics import entity_calibration, entity_confidence, entity_spans, span_scores
 from rnnapps.models import RecurrentStack
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.tagger import DECODERS, SequenceTagger, TokenFeatures
 from rnnapps.pipelines.base import (
+    DataInfo,
     Datasets,
     Pipeline,
     evaluation_subset,
@@ -120,34 +122,6 @@ class NerConfig(TrainingConfig):
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-def entity_spans(tags) -> list[tuple[str, int, int]]:
-    """``(type, start, end)`` token spans (end exclusive) of IOB2 tags, read strictly.
-
-    A span starts at ``B-X`` and continues over ``I-X``; a stray ``I-X`` is not
-    an entity in strict IOB2 (as ``seqeval``'s strict mode scores it).
-    """
-    spans = []
-    current = None
-    for index, tag in enumerate([*list(tags), "O"]):
-        tag = tag.decode() if isinstance(tag, bytes) else str(tag)
-        if current is not None and tag != f"I-{current[0]}":
-            spans.append((current[0], current[1], index))
-            current = None
-        if tag.startswith("B-"):
-            current = (tag[2:], index)
-    return spans
-
-
-def entity_confidence(span: tuple[str, int, int], confidence) -> float:
-    """A span's confidence: the least tag probability among its tokens.
-
-    Every token's tag must be right for the entity to be, so the span can be no surer than its
-    weakest token (the weakest marginal bounds the probability of the whole labelling from above).
-    """
-    _, start, end = span
-    return float(np.min(confidence[start:end]))
-
-
 def annotate(tokens: list[str], spans, confidence) -> str:
     """The sentence with each entity in brackets with its type and confidence: ``[ORG EU 0.98] rejects ...``."""
     words, position = [], 0
@@ -182,6 +156,15 @@ def _tag_dataset(sentences, vocab, batch_size, shuffle, seed):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+@dataclasses.dataclass(frozen=True)
+class NerData(DataInfo):
+    """What ``load_data`` hands on: the training vocabularies, and the pretrained word rows when configured."""
+
+    vocabularies: conll.Vocabularies
+    #: rows in the word lookup's order (padding, [UNK], then the vocabulary), or None
+    word_vectors: np.ndarray | None = None
+
+
 class NerPipeline(Pipeline):
     name = "ner"
     config_class = NerConfig
@@ -198,19 +181,12 @@ class NerPipeline(Pipeline):
                                for split in ("valid", "test")}}
         extra_words = vector_file_words(config.embeddings, normalise=text_ops.normalise_word) if config.embeddings else ()
         vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
-        info = {
-            "vocabularies": vocab,
-            "sentences": {"validation": splits["valid"], "test": splits["test"]},
-            "sizes": {"train": len(train), "validation": len(splits["valid"]), "test": len(splits["test"])},
-            "train_tokens": sum(len(s.tokens) for s in train),
-        }
+        word_vectors = None
         if config.embeddings:
             # Rows in the word lookup's order: padding, [UNK], then the vocabulary.
             rows = [text_ops.PADDING, text_ops.OOV_TOKEN, *vocab.words]
-            info["word_vectors"] = read_word_vectors(
-                config.embeddings, rows, seed=config.seed, normalise=text_ops.normalise_word
-            )
-            width = info["word_vectors"].shape[1]
+            word_vectors = read_word_vectors(config.embeddings, rows, seed=config.seed, normalise=text_ops.normalise_word)
+            width = word_vectors.shape[1]
             if width != config.word_embedding_dim:
                 raise ConfigError(
                     f"{config.embeddings} has {width}-dimensional vectors but word_embedding_dim="
@@ -220,11 +196,15 @@ class NerPipeline(Pipeline):
             train=_tag_dataset(train, vocab, config.batch_size, True, config.seed),
             validation=_tag_dataset(splits["valid"], vocab, config.batch_size, False, config.seed),
             test=_tag_dataset(splits["test"], vocab, config.batch_size, False, config.seed),
-            info=info,
+            info=NerData(
+                sizes={"train": len(train), "validation": len(splits["valid"]), "test": len(splits["test"])},
+                vocabularies=vocab,
+                word_vectors=word_vectors,
+            ),
         )
 
     def build_model(self, config: NerConfig, datasets: Datasets) -> keras.Model:
-        vocab: conll.Vocabularies = datasets.info["vocabularies"]
+        vocab = datasets.info.vocabularies
         word_lookup, char_lookup, _ = conll.make_lookup_layers(vocab)
         tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
         words, chars, case_ids = TokenFeatures(max_chars=config.max_chars, name="token_features")(tokens)
@@ -267,8 +247,8 @@ class NerPipeline(Pipeline):
         # float32 emissions: the CRF and the softmax loss both want full precision.
         emissions = keras.layers.Dense(vocab.num_tag_ids, dtype="float32", name="emissions")(x)
         encoder = keras.Model(tokens, emissions, name="emission_model")
-        if "word_vectors" in datasets.info:
-            word_embedding.set_weights([datasets.info["word_vectors"]])
+        if datasets.info.word_vectors is not None:
+            word_embedding.set_weights([datasets.info.word_vectors])
         model = SequenceTagger(encoder, vocab.tags, decoder=config.decoder, name="ner")
         model.compile(optimizer=training.make_optimizer(config))
         return model
@@ -367,42 +347,6 @@ def predict_tags(model, dataset, with_confidence: bool = False):
             if with_confidence:
                 confidences.append(confidence[row, :length])
     return (gold, predicted, confidences) if with_confidence else (gold, predicted)
-
-
-def entity_calibration(gold, predicted, confidences, bins: int = 10) -> dict:
-    """Expected calibration error of the predicted entities' confidences (right = the exact gold span and type)."""
-    from rnnapps.calibration import expected_calibration_error
-
-    scores, right = [], []
-    for gold_tags, predicted_tags, confidence in zip(gold, predicted, confidences, strict=True):
-        gold_spans = set(entity_spans(gold_tags))
-        for span in entity_spans(predicted_tags):
-            scores.append(entity_confidence(span, confidence))
-            right.append(span in gold_spans)
-    return expected_calibration_error(scores, right, bins=bins)
-
-
-def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
-    """Span-level micro precision/recall/F1 and a per-type table (``seqeval`` strict IOB2)."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    from seqeval.scheme import IOB2
-
-    common = dict(mode="strict", scheme=IOB2, zero_division=0)
-    report = classification_report(gold, predicted, output_dict=True, **common)
-    per_type = {
-        name: {key: float(values[key]) if key != "support" else int(values[key])
-               for key in ("precision", "recall", "f1-score", "support")}
-        for name, values in report.items()
-        if not name.endswith(" avg")
-    }
-    for values in per_type.values():
-        values["f1"] = values.pop("f1-score")
-    return {
-        "f1": float(f1_score(gold, predicted, **common)),
-        "precision": float(precision_score(gold, predicted, **common)),
-        "recall": float(recall_score(gold, predicted, **common)),
-        "per_type": per_type,
-    }
 
 
 @click.command("ner")

@@ -56,6 +56,7 @@ from rnnapps.models.pixel_rnn import (
 )
 from rnnapps.pipelines.base import (
     Datasets,
+    ImageData,
     Pipeline,
     evaluation_subset,
     export_limits,
@@ -153,15 +154,15 @@ class PixelRNNPipeline(Pipeline):
             train=pairs(train, True),
             validation=pairs(validation, False),
             test=pairs(test, False),
-            info={
-                "image_shape": tuple(int(size) for size in train.shape[1:]),
-                "test_images": test,
-                "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
-            },
+            info=ImageData(
+                sizes={"train": len(train), "validation": len(validation), "test": len(test)},
+                image_shape=tuple(int(size) for size in train.shape[1:]),
+                test_images=test,
+            ),
         )
 
     def build_model(self, config: PixelRNNConfig, datasets: Datasets) -> keras.Model:
-        height, width, channels = datasets.info.get("image_shape", IMAGE_SHAPE)
+        height, width, channels = datasets.info.image_shape
         model = build_pixel_rnn(
             height=height, width=width, channels=channels, filters=config.filters, hidden_units=config.hidden_units,
             row_lstm_layers=config.row_lstm_layers, residual=config.residual,
@@ -180,7 +181,7 @@ class PixelRNNPipeline(Pipeline):
             "test_bits_per_dim": float(nll.mean() / (dimensions * math.log(2))),
             "test_examples": int(len(nll)),
         }
-        test_images = datasets.info.get("test_images")
+        test_images = datasets.info.test_images
         if test_images is not None and config.inpaint_examples > 0:
             originals = test_images[spread_indices(len(test_images), config.inpaint_examples)]
             known = occlusion_mask(originals.shape, "bottom")

@@ -36,9 +36,11 @@ from rnnapps.data.sources import resolve_path
 from rnnapps.data.text import build_vocabulary, text_label_dataset
 from rnnapps.errors import ConfigError, DataNotFoundError
 from rnnapps.export import Endpoint
+from rnnapps.metrics import roc_auc
 from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
 from rnnapps.models.attribution import integrated_gradients
 from rnnapps.pipelines.base import (
+    DataInfo,
     Datasets,
     Pipeline,
     evaluation_subset,
@@ -109,6 +111,14 @@ class SentimentConfig(TrainingConfig):
             raise ConfigError(f"explain_steps={self.explain_steps!r} must be at least 1")
 
 
+@dataclasses.dataclass(frozen=True)
+class SentimentData(DataInfo):
+    """What ``load_data`` hands on: the training vocabulary, and its pretrained rows when configured."""
+
+    vocabulary: list[str]
+    embedding_matrix: np.ndarray | None = None
+
+
 class SentimentPipeline(Pipeline):
     name = "sentiment"
     config_class = SentimentConfig
@@ -127,10 +137,7 @@ class SentimentPipeline(Pipeline):
         val_texts, val_labels = (evaluation_subset(part, config.max_eval_examples) for part in (val_texts, val_labels))
         test_texts, test_labels = (evaluation_subset(part, config.max_eval_examples) for part in splits["test"])
         vocabulary = build_vocabulary(train_texts, config.vocab_size)
-        info = {
-            "vocabulary": vocabulary,
-            "sizes": {"train": len(train_texts), "validation": len(val_texts), "test": len(test_texts)},
-        }
+        embedding_matrix = None
         if config.embeddings:
             try:
                 vectors_path = resolve_path(config.embeddings, data_dir)
@@ -143,7 +150,7 @@ class SentimentPipeline(Pipeline):
                     stacklevel=2,
                 )
             else:
-                info["embedding_matrix"] = read_word_vectors(vectors_path, vocabulary, seed=config.seed)
+                embedding_matrix = read_word_vectors(vectors_path, vocabulary, seed=config.seed)
         make = lambda texts, labels, shuffle: text_label_dataset(  # noqa: E731
             texts, labels, config.batch_size, config.max_length, config.bucket_width, shuffle, config.seed
         )
@@ -151,16 +158,20 @@ class SentimentPipeline(Pipeline):
             train=make(train_texts, train_labels, True),
             validation=make(val_texts, val_labels, False),
             test=make(test_texts, test_labels, False),
-            info=info,
+            info=SentimentData(
+                sizes={"train": len(train_texts), "validation": len(val_texts), "test": len(test_texts)},
+                vocabulary=vocabulary,
+                embedding_matrix=embedding_matrix,
+            ),
         )
 
     def build_model(self, config: SentimentConfig, datasets: Datasets) -> keras.Model:
         text = keras.Input(shape=(), dtype="string", name="text")
-        token_ids = make_vectorizer(datasets.info["vocabulary"])(text)
+        token_ids = make_vectorizer(datasets.info.vocabulary)(text)
         token_ids = ClipSequenceLength(config.max_length, keep=config.truncation, name="clip_length")(token_ids)
-        matrix = datasets.info.get("embedding_matrix")
+        matrix = datasets.info.embedding_matrix
         embedding = keras.layers.Embedding(
-            len(datasets.info["vocabulary"]),
+            len(datasets.info.vocabulary),
             config.embedding_dim if matrix is None else matrix.shape[1],
             mask_zero=True,
             trainable=config.embeddings_trainable or matrix is None,
@@ -192,10 +203,10 @@ class SentimentPipeline(Pipeline):
         if matrix is not None:
             # set_weights, not a Constant initializer: that would copy the matrix into the config.
             embedding.set_weights([matrix])
-        # What a transfer copied goes into metrics.json (evaluate), so a run records it.
-        datasets.info.pop("init_from", None)
+        # What a transfer copied goes into metrics.json (evaluate), so a run records it: on the model
+        # it describes, not in the data step's info.
         if config.init_from:
-            datasets.info["init_from"] = dataclasses.asdict(init_sentiment_from_autoencoder(model, config.init_from))
+            model.transfer_report = init_sentiment_from_autoencoder(model, config.init_from)
         model.compile(
             optimizer=training.make_optimizer(config),
             loss="binary_crossentropy",
@@ -219,7 +230,7 @@ class SentimentPipeline(Pipeline):
             "test_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
             "test_examples": int(len(labels)),
             "confusion_matrix": matrix.tolist(),
-            **({"init_from": datasets.info["init_from"]} if "init_from" in datasets.info else {}),
+            **({"init_from": dataclasses.asdict(model.transfer_report)} if hasattr(model, "transfer_report") else {}),
         }
 
     def serving(self, model, config) -> dict[str, Endpoint]:
@@ -325,18 +336,6 @@ def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
         probabilities.append(np.reshape(predict(text).numpy(), [-1]))
         labels.append(label.numpy())
     return np.concatenate(probabilities).astype("float64"), np.concatenate(labels).astype("int32")
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann–Whitney U with average ranks for ties)."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels)
-    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 @click.command("sentiment")

@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import click
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rnnapps import text_ops, training
@@ -50,7 +51,14 @@ from rnnapps.models.char_lm import (
     stream_cross_entropy,
 )
 from rnnapps.models.char_text import CharTextModel, PrintSample, generate_text, make_sampler
-from rnnapps.pipelines.base import Datasets, Pipeline, export_limits, export_options, served_model
+from rnnapps.pipelines.base import (
+    DataInfo,
+    Datasets,
+    Pipeline,
+    export_limits,
+    export_options,
+    served_model,
+)
 from rnnapps.request_limits import (
     batch_at_most,
     count_within,
@@ -112,6 +120,14 @@ def _stream(ids, config: TextgenConfig, split: str) -> tf.data.Dataset:
         ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class TextgenData(DataInfo):
+    """What ``load_data`` hands on: the characters, and the validation and test streams as ids."""
+
+    vocabulary: list[str]
+    ids: dict[str, np.ndarray]
+
+
 class TextgenPipeline(Pipeline):
     name = "textgen"
     config_class = TextgenConfig
@@ -134,16 +150,15 @@ class TextgenPipeline(Pipeline):
             train=_stream(train_ids, config, "train"),
             validation=_stream(validation_ids, config, "validation"),
             test=_stream(test_ids, config, "test"),
-            info={
-                "vocabulary": vocabulary,
-                "validation_ids": validation_ids,
-                "test_ids": test_ids,
-                "sizes": {"train": len(train_ids), "validation": len(validation_ids), "test": len(test_ids)},
-            },
+            info=TextgenData(
+                sizes={"train": len(train_ids), "validation": len(validation_ids), "test": len(test_ids)},
+                vocabulary=vocabulary,
+                ids={"validation": validation_ids, "test": test_ids},
+            ),
         )
 
     def build_model(self, config: TextgenConfig, datasets: Datasets) -> keras.Model:
-        vocabulary = datasets.info["vocabulary"]
+        vocabulary = datasets.info.vocabulary
         language_model = build_char_lm(
             len(vocabulary) + 1,
             embedding_dim=config.embedding_dim,
@@ -172,10 +187,10 @@ class TextgenPipeline(Pipeline):
     def evaluate(self, model: CharTextModel, datasets: Datasets, config: TextgenConfig, run_dir: Path) -> dict:
         metrics = {}
         for split in ("validation", "test"):
-            nats = stream_cross_entropy(model.language_model, datasets.info[f"{split}_ids"])
+            nats = stream_cross_entropy(model.language_model, datasets.info.ids[split])
             metrics[f"{split}_nats_per_char"] = nats
             metrics[f"{split}_bits_per_char"] = nats / math.log(2)
-            metrics[f"{split}_characters"] = int(len(datasets.info[f"{split}_ids"]))
+            metrics[f"{split}_characters"] = int(len(datasets.info.ids[split]))
         sample = make_sampler(model)(config.sample_prompt, max(config.sample_length, 1), config.sample_temperature,
                                      config.seed)
         sample_file = Path(run_dir) / "sample.txt"

@@ -52,15 +52,19 @@ from rnnapps.config import TrainingConfig
 from rnnapps.data.parallel_text import DATASETS, load_parallel_corpus
 from rnnapps.data.text import bucket_boundaries, build_vocabulary
 from rnnapps.errors import ConfigError
-from rnnapps.export import Endpoint, latest_export, load_export, read_metadata
+from rnnapps.export import Endpoint, load_export, read_metadata
+from rnnapps.metrics import BLEU_SETTINGS, corpus_bleu
 from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES
 from rnnapps.models.seq2seq import teacher_forcing_pairs, with_markers
 from rnnapps.models.translator import Translator
 from rnnapps.pipelines.base import (
+    DataInfo,
     Datasets,
     Pipeline,
     evaluation_subset,
     export_limits,
+    export_options,
+    export_path,
     read_texts,
     text_requests,
 )
@@ -71,7 +75,6 @@ from rnnapps.text_ops import make_vectorizer, token_counts
 EVALUATION_BATCH = 100
 # Test sentences whose attention is plotted.
 PLOTTED_SENTENCES = 3
-BLEU_SETTINGS = {"lowercase": True, "tokenize": "13a"}
 
 
 @dataclasses.dataclass
@@ -185,15 +188,6 @@ def pair_dataset(pairs, source_vectorizer, target_vectorizer, config: TranslateC
 
 # --- the pipeline ----------------------------------------------------------------------------
 
-def corpus_bleu(hypotheses, references) -> dict:
-    """sacrebleu corpus BLEU (lowercased, 13a) with its signature string."""
-    import sacrebleu
-
-    metric = sacrebleu.metrics.BLEU(**BLEU_SETTINGS)
-    score = metric.corpus_score(list(hypotheses), [list(references)])
-    return {"bleu": round(float(score.score), 2), "signature": str(metric.get_signature())}
-
-
 def translate_texts(model: Translator, texts, beam_width: int, batch_size: int = EVALUATION_BATCH) -> list[str]:
     """Translations of a list of strings, in batches, through one traced function."""
     function = tf.function(
@@ -220,6 +214,15 @@ def plot_attention(outputs: dict, index: int, path, title: str = "") -> Path:
     return plots.heatmap(weights, target, source, path, title=title)
 
 
+@dataclasses.dataclass(frozen=True)
+class TranslateData(DataInfo):
+    """What ``load_data`` hands on: both vocabularies and the raw test pairs that BLEU scores."""
+
+    source_vocabulary: list[str]
+    target_vocabulary: list[str]
+    test_pairs: list[tuple[str, str]]
+
+
 class TranslatePipeline(Pipeline):
     name = "translate"
     config_class = TranslateConfig
@@ -243,18 +246,18 @@ class TranslatePipeline(Pipeline):
             train=make(train, True),
             validation=make(corpus["validation"], False),
             test=make(corpus["test"], False),
-            info={
-                "source_vocabulary": source_vocabulary,
-                "target_vocabulary": target_tokens,
-                "pairs": {"validation": corpus["validation"], "test": corpus["test"]},
-                "sizes": {"train": len(train), "validation": len(corpus["validation"]), "test": len(corpus["test"])},
-            },
+            info=TranslateData(
+                sizes={"train": len(train), "validation": len(corpus["validation"]), "test": len(corpus["test"])},
+                source_vocabulary=source_vocabulary,
+                target_vocabulary=target_tokens,
+                test_pairs=corpus["test"],
+            ),
         )
 
     def build_model(self, config: TranslateConfig, datasets: Datasets) -> keras.Model:
         model = Translator(
-            datasets.info["source_vocabulary"],
-            datasets.info["target_vocabulary"],
+            datasets.info.source_vocabulary,
+            datasets.info.target_vocabulary,
             embedding_dim=config.embedding_dim,
             cell=config.cell,
             units=config.units,
@@ -274,7 +277,7 @@ class TranslatePipeline(Pipeline):
         return model
 
     def evaluate(self, model: Translator, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> dict:
-        pairs = datasets.info["pairs"]["test"]
+        pairs = datasets.info.test_pairs
         sources = [source for source, _ in pairs]
         references = [target for _, target in pairs]
         metrics = {"test_examples": len(pairs), "bleu_settings": dict(BLEU_SETTINGS)}
@@ -343,9 +346,7 @@ def _keras_model_for(model_path: Path):
               help="Beam width (default: the export's; 1 is greedy search).")
 @click.option("--n-best", type=click.IntRange(min=1),
               help="Print the N best translations of each text with their scores (N <= the export's beam width).")
-@click.option("--model", "model_path", type=click.Path(file_okay=False, exists=True),
-              help="A SavedModel version directory (default: the latest under --export-dir).")
-@click.option("--export-dir", default="saved_models", show_default=True, help="Export root.")
+@export_options
 def predict_command(texts, plot_path, beam_width, n_best, model_path, export_dir):
     """Translate TEXTS (or lines from stdin), one translation a line.
 
@@ -356,7 +357,7 @@ def predict_command(texts, plot_path, beam_width, n_best, model_path, export_dir
       rnnapps predict translate --n-best 5 "Ein Mann fährt Fahrrad."
     """
     texts = read_texts(texts)
-    model_path = Path(model_path or latest_export(export_dir, "translate"))
+    model_path = export_path("translate", model_path, export_dir)
     exported_width = read_metadata(model_path).get("config", {}).get("beam_width")
     if n_best is not None:
         _print_n_best(texts, n_best, beam_width, exported_width, model_path)

@@ -248,12 +248,12 @@ def test_cli_predict_prints_norm_and_reconstruction(smoke_run):
 def test_multi30k_and_corpus_sources(tmp_path):
     multi30k = PIPELINE.load_data(resolve_config(AutoencoderConfig, "smoke", set_options={"dataset": "multi30k"}),
                                   FIXTURE_DATA)
-    assert multi30k.info["sizes"]["train"] == 6 and multi30k.info["test_labels"] is None
-    assert "dogs" in multi30k.info["vocabulary"] and multi30k.info["vocabulary"][2:4] == ["<s>", "</s>"]
+    assert multi30k.info.sizes["train"] == 6 and multi30k.info.test_labels is None
+    assert "dogs" in multi30k.info.vocabulary and multi30k.info.vocabulary[2:4] == ["<s>", "</s>"]
     (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n\n")
     config = resolve_config(AutoencoderConfig, "smoke", set_options={"corpus": str(tmp_path / "corpus.txt")})
     datasets = PIPELINE.load_data(config, None)
-    assert sum(datasets.info["sizes"].values()) == len(CORPUS) and datasets.info["sizes"]["test"] >= 2
+    assert sum(datasets.info.sizes.values()) == len(CORPUS) and datasets.info.sizes["test"] >= 2
     batch = next(iter(datasets.train))
     assert batch.dtype == tf.int32 and batch.shape[1] <= config.max_length
     (tmp_path / "short.txt").write_text("one line\n")

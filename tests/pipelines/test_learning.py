@@ -59,7 +59,7 @@ def test_the_smoke_run_beats_its_untrained_model(pipeline, canonical_run, untrai
 def test_textgen_beats_a_uniform_guess_over_its_vocabulary(canonical_run):
     run = canonical_run("textgen")
     datasets = get_pipeline("textgen").load_data(run.result.config, CANONICAL_RUNS["textgen"]["data_dir"])
-    vocabulary = len(datasets.info["vocabulary"])
+    vocabulary = len(datasets.info.vocabulary)
     nats = run.result.metrics["test_nats_per_char"]
     # A uniform guess over the characters scores ln(V); a model that learned the fixture's letter
     # frequencies and common bigrams is well below that.

@@ -1,12 +1,14 @@
-"""Two worker processes on 127.0.0.1 train one model with MultiWorkerMirroredStrategy.
+"""Two worker processes on 127.0.0.1 train one model with MultiWorkerMirroredStrategy; a killed one restarts.
 
 Each gets its own ``TF_CONFIG``; they share the output directory as hosts would share a file
 system. Only the chief (worker 0) writes the run directory, metrics and export; worker 1 keeps its
 scratch directory because ``RNNAPPS_WORKER_DIR`` names it, so its final weights can be compared.
 """
 
+import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +35,7 @@ def _free_ports(count):
 
 
 def _start_workers(tmp_path, *args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     processes = []
     for index in range(2):
@@ -110,3 +113,59 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     served = tf.saved_model.load(str(exports / "sentiment" / "1"))
     probability = served.signatures["serving_default"](text=tf.constant(["A wonderful film.", "Dull."]))["probability"]
     assert probability.shape == (2,) and np.all((probability.numpy() >= 0) & (probability.numpy() <= 1))
+
+
+def _mid_epoch_chief_backup(output):
+    for metadata_path in output.glob("sentiment/*/backup/training_metadata.json"):
+        try:
+            metadata = json.loads(metadata_path.read_text())
+        except (OSError, ValueError):
+            return None  # replaced between glob and read: look again
+        if metadata["batch"] is not None and metadata["epoch"] >= 1:
+            return metadata
+    return None
+
+
+def test_a_killed_worker_restarts_with_the_job_and_it_continues(tmp_path):
+    """SIGKILL worker 1 mid-epoch; the job (both workers) restarts with --resume and finishes in step.
+
+    This is what a cluster manager does when a host dies (Kubernetes restarts the pod; the surviving
+    worker's collectives fail, so its task is restarted too): the chief's backup in the shared run
+    directory is where both continue from.
+    """
+    from rnnapps import runner
+
+    output = tmp_path / "runs"
+    common = ["sentiment", "--strategy", "multiworker", "--data-dir", str(FIXTURE_DATA), "--output-dir", str(output),
+              "--no-export"]
+    first = _start_workers(tmp_path / "first", *common, "--preset", "smoke", "--epochs", "3",
+                           "--set", "steps_per_epoch=60", "--set", "backup_every_minutes=0.0001")
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline and _mid_epoch_chief_backup(output) is None:
+            if any(process.poll() is not None for process in first):
+                break
+            time.sleep(0.05)
+        killed_at = _mid_epoch_chief_backup(output)
+        first[1].send_signal(signal.SIGKILL)
+    finally:
+        time.sleep(2.0)  # the chief blocks in (or fails) its next collective; the job is restarted whole
+        for process in first:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+    assert killed_at is not None, (tmp_path / "first" / "worker0.log").read_text()[-3000:]
+    (run_dir,) = (output / "sentiment").iterdir()
+    assert not (run_dir / "model.keras").exists()
+
+    second = _start_workers(tmp_path / "second", *common, "--resume")
+    _wait(second, tmp_path / "second")
+    chief_log = (tmp_path / "second" / "worker0.log").read_text()
+    assert "rnnapps: resuming from the backup at" in chief_log
+    with open(run_dir / "history.csv", newline="") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]
+    _, _, chief, _ = runner.load_run("sentiment", run_dir)
+    worker = keras.saving.load_model(tmp_path / "second" / "worker1" / "model.keras")
+    for chief_weight, worker_weight in zip(chief.get_weights(), worker.get_weights(), strict=True):
+        np.testing.assert_array_equal(chief_weight, worker_weight)
+    assert all(np.isfinite(weight).all() for weight in chief.get_weights())

@@ -13,13 +13,11 @@ from click.testing import CliRunner
 from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
+from rnnapps.metrics import entity_confidence, entity_spans, span_scores
 from rnnapps.pipelines.ner import (
     PIPELINE,
     NerConfig,
     annotate,
-    entity_confidence,
-    entity_spans,
-    span_scores,
 )
 from tests.conftest import FIXTURE_DATA
 

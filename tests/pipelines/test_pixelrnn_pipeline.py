@@ -12,14 +12,15 @@ from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
 from rnnapps.export import load_export
 from rnnapps.models.pixel_rnn import bernoulli_nll
-from rnnapps.pipelines.base import Datasets
+from rnnapps.pipelines.base import Datasets, ImageData
 from rnnapps.pipelines.pixelrnn import PIPELINE, PixelRNNConfig, occlusion_mask
 from tests.conftest import FIXTURE_DATA
 
 
 def _smoke_model():
     """The smoke preset's model, as the pipeline builds it (config fields → build_pixel_rnn)."""
-    return PIPELINE.build_model(resolve_config(PixelRNNConfig, "smoke"), Datasets(None, None, None))
+    info = ImageData(sizes={}, image_shape=(28, 28, 1), test_images=np.zeros((0, 28, 28, 1), np.float32))
+    return PIPELINE.build_model(resolve_config(PixelRNNConfig, "smoke"), Datasets(None, None, None, info=info))
 
 
 def _test_images(count=3):

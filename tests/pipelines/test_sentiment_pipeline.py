@@ -180,7 +180,7 @@ def test_pretrained_embeddings_initialise_the_embedding(tmp_path):
     config = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": str(vectors)})
     datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     model = PIPELINE.build_model(config, datasets)
-    vocabulary = datasets.info["vocabulary"]
+    vocabulary = datasets.info.vocabulary
     table = model.get_layer("embedding").get_weights()[0]
     assert table.shape == (len(vocabulary), 3)
     np.testing.assert_allclose(table[vocabulary.index("wonderful")], [1, 2, 3])
@@ -198,7 +198,7 @@ def test_missing_optional_embeddings_warn_and_train_from_scratch(tmp_path):
     )
     with pytest.warns(UserWarning, match="training the embedding from scratch"):
         datasets = PIPELINE.load_data(optional, FIXTURE_DATA)
-    assert "embedding_matrix" not in datasets.info
+    assert datasets.info.embedding_matrix is None
     required = resolve_config(PIPELINE.config_class, "smoke", set_options={"embeddings": "glove/absent.txt"})
     with pytest.raises(DataNotFoundError, match="glove/absent.txt"):
         PIPELINE.load_data(required, FIXTURE_DATA)

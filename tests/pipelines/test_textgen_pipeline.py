@@ -40,9 +40,9 @@ def test_load_data_splits_contiguously_with_train_vocabulary():
     config = resolve_config(TextgenConfig, "smoke")
     datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     text = text_corpus.load_corpus(FIXTURE_DATA)
-    sizes = datasets.info["sizes"]
+    sizes = datasets.info.sizes
     assert sum(sizes.values()) == len(text) and sizes["train"] == round(0.9 * len(text))
-    assert datasets.info["vocabulary"] == sorted(set(text[: sizes["train"]]))
+    assert datasets.info.vocabulary == sorted(set(text[: sizes["train"]]))
     inputs, targets = next(iter(datasets.train))
     assert inputs.shape == targets.shape == (config.batch_size, config.sequence_length)
     np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])

@@ -157,7 +157,7 @@ def test_cli_predict(smoke_run, tmp_path):
 def test_anki_fixture_loads_and_trains_a_step():
     config = resolve_config(TranslateConfig, "smoke", set_options={"dataset": "anki"})
     datasets = PIPELINE.load_data(config, FIXTURE_DATA)
-    sizes = datasets.info["sizes"]
+    sizes = datasets.info.sizes
     assert sum(sizes.values()) == 12 and sizes["train"] >= 8
     inputs, labels = next(iter(datasets.train))
     assert inputs["source"].dtype == tf.int32 and inputs["target"].shape == labels.shape

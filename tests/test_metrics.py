@@ -1,9 +1,9 @@
-"""Expected calibration error (rnnapps.calibration) by hand, and the reliability diagram."""
+"""Expected calibration error (rnnapps.metrics) by hand, and the reliability diagram."""
 
 import numpy as np
 import pytest
 
-from rnnapps.calibration import expected_calibration_error
+from rnnapps.metrics import expected_calibration_error
 from rnnapps.plots import reliability_diagram
 
 
