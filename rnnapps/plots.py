@@ -101,3 +101,31 @@ def reliability_diagram(calibration: dict, path: str | Path, title: str = "Relia
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def principal_components(points: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of ``points`` on their first ``count`` principal axes, and each axis' share of the variance."""
+    centered = points - points.mean(axis=0, keepdims=True)
+    _, singular, axes = np.linalg.svd(centered, full_matrices=False)
+    variance = singular**2
+    share = variance[:count] / max(float(variance.sum()), 1e-12)
+    return centered @ axes[:count].T, share
+
+
+def embedding_pca(codes, labels, label_names: Sequence[str], path, title: str = "") -> tuple[Path, list[float]]:
+    """Scatter of the codes' 2-D PCA projection, one colour per label; returns the path and variance shares."""
+    projected, share = principal_components(np.asarray(codes, "float64"))
+    labels = np.asarray(labels)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    for value, name, colour in zip((0, 1), label_names, ("tab:red", "tab:blue"), strict=True):
+        chosen = labels == value
+        axis.scatter(projected[chosen, 0], projected[chosen, 1], s=6, alpha=0.5, color=colour, label=name)
+    axis.set_xlabel(f"PC 1 ({share[0]:.0%} of variance)")
+    axis.set_ylabel(f"PC 2 ({share[1]:.0%} of variance)" if len(share) > 1 else "PC 2")
+    axis.set_title(title or "Review codes, 2-D PCA")
+    axis.legend(markerscale=3)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path), [float(value) for value in share]

@@ -44,6 +44,8 @@ LAYOUTS = (
     {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
 )
 TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+# Upper bounds of the sentence-length buckets of tag_dataset (most CoNLL sentences are short).
+LENGTH_BUCKETS = (8, 12, 16, 24, 32, 48, 64)
 
 
 _TAG_PATTERN = re.compile(r"^(O|[BI]-\S+)$")
@@ -304,3 +306,31 @@ def make_featurizer(word_lookup, char_lookup, max_chars: int | None = None):
         return featurize(tokens, word_lookup, char_lookup, max_chars)
 
     return featurizer
+
+
+def tag_dataset(sentences: Sequence[Sentence], vocab: Vocabularies, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """``(tokens, tag_ids)`` batches of similar length: raw string tokens (``""``-padded) and tag ids (0 = padding).
+
+    The model featurises the strings itself (:class:`rnnapps.models.TokenFeatures`), so serving
+    takes the same raw tokens. Sentences are bucketed by length (:data:`LENGTH_BUCKETS`).
+    """
+    tag_ids = {tag: index + 1 for index, tag in enumerate(vocab.tags)}
+
+    def examples():
+        for sentence in sentences:
+            # Tags never seen in training (none in CoNLL-2003) are scored as "O".
+            yield sentence.tokens, [tag_ids.get(tag, tag_ids.get("O", 1)) for tag in sentence.tags]
+
+    dataset = tf.data.Dataset.from_generator(
+        examples,
+        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)),
+    ).cache()
+    if shuffle:
+        dataset = dataset.shuffle(max(len(sentences), 1), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.bucket_by_sequence_length(
+        lambda tokens, tags: tf.shape(tokens)[0],
+        bucket_boundaries=list(LENGTH_BUCKETS),
+        bucket_batch_sizes=[batch_size] * (len(LENGTH_BUCKETS) + 1),
+        padding_values=(PADDING, 0),
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)

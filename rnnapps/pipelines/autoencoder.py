@@ -261,38 +261,6 @@ def encode_texts(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_
     return np.concatenate(blocks) if blocks else np.zeros((0, model.code_size), "float32")
 
 
-def principal_components(points: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Projection of ``points`` on their first ``count`` principal axes, and each axis' share of the variance."""
-    centered = points - points.mean(axis=0, keepdims=True)
-    _, singular, axes = np.linalg.svd(centered, full_matrices=False)
-    variance = singular**2
-    share = variance[:count] / max(float(variance.sum()), 1e-12)
-    return centered @ axes[:count].T, share
-
-
-def plot_embedding_pca(codes, labels, path, title: str = "") -> tuple[Path, list[float]]:
-    """Scatter of the codes' 2-D PCA projection, one colour per label; returns the path and variance shares."""
-    import matplotlib.pyplot as plt
-
-    from rnnapps import plots  # noqa: F401  (selects the headless Agg backend)
-
-    projected, share = principal_components(np.asarray(codes, "float64"))
-    labels = np.asarray(labels)
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    for value, name, colour in zip((0, 1), LABELS, ("tab:red", "tab:blue"), strict=True):
-        chosen = labels == value
-        axis.scatter(projected[chosen, 0], projected[chosen, 1], s=6, alpha=0.5, color=colour, label=name)
-    axis.set_xlabel(f"PC 1 ({share[0]:.0%} of variance)")
-    axis.set_ylabel(f"PC 2 ({share[1]:.0%} of variance)" if len(share) > 1 else "PC 2")
-    axis.set_title(title or "Review codes, 2-D PCA")
-    axis.legend(markerscale=3)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path), [float(value) for value in share]
-
-
 # --- the pipeline ----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -353,6 +321,8 @@ class AutoencoderPipeline(Pipeline):
         return model
 
     def evaluate(self, model: Seq2SeqAutoencoder, datasets: Datasets, config: AutoencoderConfig, run_dir: Path) -> dict:
+        from rnnapps import plots
+
         texts = datasets.info.test_texts
         scored = texts[: config.eval_examples] if config.eval_examples else texts
         greedy = reconstruction_metrics(model, scored)
@@ -379,8 +349,8 @@ class AutoencoderPipeline(Pipeline):
         if labels is not None:
             order = np.random.default_rng(config.seed).permutation(len(texts))[: config.plot_examples]
             codes = encode_texts(model, [texts[index] for index in order])
-            path, share = plot_embedding_pca(
-                codes, np.asarray(labels)[order], run_dir / "embedding_pca.png",
+            path, share = plots.embedding_pca(
+                codes, np.asarray(labels)[order], LABELS, run_dir / "embedding_pca.png",
                 title=f"IMDB test review codes ({len(order)}), 2-D PCA",
             )
             metrics["embedding_plot"] = str(path)

@@ -68,7 +68,6 @@ from rnnapps.request_limits import (
 
 CHAR_ENCODERS = ("cnn", "lstm")
 # Exclusive upper bounds of the sentence-length buckets (CoNLL-2003 sentences: median 9 tokens, max 124).
-LENGTH_BUCKETS = (8, 12, 16, 24, 32, 48, 64)
 SCHEME = "IOB2"
 
 
@@ -133,29 +132,6 @@ def annotate(tokens: list[str], spans, confidence) -> str:
     return " ".join([*words, *tokens[position:]])
 
 
-def _tag_dataset(sentences, vocab, batch_size, shuffle, seed):
-    tag_ids = {tag: index + 1 for index, tag in enumerate(vocab.tags)}
-
-    def examples():
-        for sentence in sentences:
-            # Tags never seen in training (none in CoNLL-2003) are scored as "O".
-            yield sentence.tokens, [tag_ids.get(tag, tag_ids.get("O", 1)) for tag in sentence.tags]
-
-    dataset = tf.data.Dataset.from_generator(
-        examples,
-        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)),
-    ).cache()
-    if shuffle:
-        dataset = dataset.shuffle(max(len(sentences), 1), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.bucket_by_sequence_length(
-        lambda tokens, tags: tf.shape(tokens)[0],
-        bucket_boundaries=list(LENGTH_BUCKETS),
-        bucket_batch_sizes=[batch_size] * (len(LENGTH_BUCKETS) + 1),
-        padding_values=(text_ops.PADDING, 0),
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
 @dataclasses.dataclass(frozen=True)
 class NerData(DataInfo):
     """What ``load_data`` hands on: the training vocabularies, and the pretrained word rows when configured."""
@@ -193,9 +169,9 @@ class NerPipeline(Pipeline):
                     f"{config.word_embedding_dim}; add --set word_embedding_dim={width}"
                 )
         return Datasets(
-            train=_tag_dataset(train, vocab, config.batch_size, True, config.seed),
-            validation=_tag_dataset(splits["valid"], vocab, config.batch_size, False, config.seed),
-            test=_tag_dataset(splits["test"], vocab, config.batch_size, False, config.seed),
+            train=conll.tag_dataset(train, vocab, config.batch_size, True, config.seed),
+            validation=conll.tag_dataset(splits["valid"], vocab, config.batch_size, False, config.seed),
+            test=conll.tag_dataset(splits["test"], vocab, config.batch_size, False, config.seed),
             info=NerData(
                 sizes={"train": len(train), "validation": len(splits["valid"]), "test": len(splits["test"])},
                 vocabularies=vocab,

@@ -18,9 +18,9 @@ from rnnapps.models.seq2seq import END_ID, START_ID, teacher_forcing_pairs, with
 from rnnapps.pipelines.autoencoder import (
     PIPELINE,
     AutoencoderConfig,
-    principal_components,
     reconstruction_metrics,
 )
+from rnnapps.plots import principal_components
 from rnnapps.text_ops import detokenize
 from rnnapps.transfer import describe_encoder, init_sentiment_from_autoencoder
 from tests.conftest import FIXTURE_DATA
