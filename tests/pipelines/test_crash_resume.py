@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURE_DATA
+from tests.pipelines.backups import mid_epoch_backup
 
 TIMEOUT = 180
 
@@ -34,18 +35,6 @@ def _environment():
     return env
 
 
-def _mid_epoch_backup(output):
-    """The metadata of the run's backup when it was taken mid-epoch after at least one finished epoch."""
-    for metadata_path in output.glob("*/*/backup/training_metadata.json"):
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except (OSError, ValueError):
-            return None  # replaced between glob and read: look again
-        if metadata["batch"] is not None and metadata["epoch"] >= 1:
-            return metadata
-    return None
-
-
 def _kill_mid_epoch(command, output, log):
     """Start ``command`` and SIGKILL it as soon as a mid-epoch backup exists; returns that backup's metadata."""
     with open(log, "w") as handle:
@@ -53,7 +42,7 @@ def _kill_mid_epoch(command, output, log):
     deadline = time.monotonic() + TIMEOUT
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            metadata = _mid_epoch_backup(output)
+            metadata = mid_epoch_backup(output)
             if metadata:
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import FIXTURE_DATA
+from tests.pipelines.backups import mid_epoch_backup
 
 TIMEOUT = 300
 
@@ -115,17 +116,6 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     assert probability.shape == (2,) and np.all((probability.numpy() >= 0) & (probability.numpy() <= 1))
 
 
-def _mid_epoch_chief_backup(output):
-    for metadata_path in output.glob("sentiment/*/backup/training_metadata.json"):
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except (OSError, ValueError):
-            return None  # replaced between glob and read: look again
-        if metadata["batch"] is not None and metadata["epoch"] >= 1:
-            return metadata
-    return None
-
-
 def test_a_killed_worker_restarts_with_the_job_and_it_continues(tmp_path):
     """SIGKILL worker 1 mid-epoch; the job (both workers) restarts with --resume and finishes in step.
 
@@ -142,11 +132,11 @@ def test_a_killed_worker_restarts_with_the_job_and_it_continues(tmp_path):
                            "--set", "steps_per_epoch=60", "--set", "backup_every_minutes=0.0001")
     deadline = time.monotonic() + TIMEOUT
     try:
-        while time.monotonic() < deadline and _mid_epoch_chief_backup(output) is None:
+        while time.monotonic() < deadline and mid_epoch_backup(output) is None:
             if any(process.poll() is not None for process in first):
                 break
             time.sleep(0.05)
-        killed_at = _mid_epoch_chief_backup(output)
+        killed_at = mid_epoch_backup(output)
         first[1].send_signal(signal.SIGKILL)
     finally:
         time.sleep(2.0)  # the chief blocks in (or fails) its next collective; the job is restarted whole
