@@ -119,7 +119,11 @@ def run(
 
         # The chief evaluates and exports alone: a copy outside the strategy never waits on a
         # collective that the finished workers will not join.
-        model = keras.saving.load_model(run_dir / MODEL_FILE)
+        trained, model = model, keras.saving.load_model(run_dir / MODEL_FILE)
+        # What build_model recorded about the model (sentiment's transfer_report, for metrics.json)
+        # is not part of model.keras: the copy carries it on.
+        if hasattr(trained, "transfer_report"):
+            model.transfer_report = trained.transfer_report
     metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
     metrics["train_seconds_this_session"] = round(train_seconds, 2)
     run_dirs.write_json(run_dir / "metrics.json", metrics)
