@@ -119,7 +119,8 @@ def score_validation(run_dir: Path, data_dir: Path) -> dict:
     import keras
 
     from rnnapps.config import load_config
-    from rnnapps.pipelines.autoencoder import AutoencoderConfig, load_texts, reconstruction_metrics
+    from rnnapps.models.autoencoder import reconstruction_metrics
+    from rnnapps.pipelines.autoencoder import AutoencoderConfig, load_texts
 
     model = keras.saving.load_model(run_dir / "model.keras")
     validation = load_texts(load_config(AutoencoderConfig, run_dir / "config.json"), data_dir)["validation"]

@@ -30,8 +30,9 @@ from benchmarks import common  # noqa: E402
 from rnnapps.config import parse_set_options  # noqa: E402
 from rnnapps.data.images import load_images  # noqa: E402
 from rnnapps.image_plots import write_inpainting_grid  # noqa: E402
+from rnnapps.models.images import occlusion_mask  # noqa: E402
 from rnnapps.pipelines.base import spread_indices  # noqa: E402
-from rnnapps.pipelines.pixelrnn import PICTURE_SCALE, occlusion_mask  # noqa: E402
+from rnnapps.pipelines.pixelrnn import PICTURE_SCALE  # noqa: E402
 from rnnapps.training import TimeBudget  # noqa: E402
 
 

@@ -76,11 +76,29 @@ class TrainingConfig:
     def __post_init__(self):
         self.validate()
 
+    def check_at_least(self, minimum: int, *names: str) -> None:
+        """Raise :class:`ConfigError` for the first of ``names`` below ``minimum`` (``None`` passes: "unset")."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{name}={value!r} must be >= {minimum}")
+
+    def check_choices(self, **choices: Iterable[str]) -> None:
+        """Raise :class:`ConfigError` for the first field whose value is not among its choices."""
+        for name, allowed in choices.items():
+            allowed = tuple(allowed)
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    def check_rates(self, *names: str) -> None:
+        """Raise :class:`ConfigError` for the first of ``names`` outside ``[0, 1)`` (dropout rates and the like)."""
+        for name in names:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field; subclasses extend it."""
-        for name in ("epochs", "batch_size", "max_request_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
+        self.check_at_least(1, "epochs", "batch_size", "max_request_batch")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be > 0")
         check_learning_rate_schedule(self.learning_rate_decay, self.learning_rate_hold_epochs)

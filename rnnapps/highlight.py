@@ -114,3 +114,38 @@ def picture(rows: Sequence[tuple[str, float, Sequence[str], Sequence[float]]], p
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def print_explanations(explain, batches, labels: Sequence[str], html_path=None, png_path=None,
+                       title: str = "Why rnnapps judged these reviews so") -> None:
+    """Print each text's verdict and its words with their attributions; optionally a page and a picture.
+
+    Args:
+        explain: an exported ``explain`` signature (``text -> {probability, tokens, attributions}``).
+        batches: lists of texts, each at most one request's worth.
+        labels: the (negative, positive) label names.
+        html_path, png_path: also write the highlighted texts as an HTML page / a PNG.
+    """
+    import sys
+    from pathlib import Path
+
+    import click
+    import tensorflow as tf
+
+    show = ansi if sys.stdout.isatty() else plain
+    rows = []
+    for batch in batches:
+        outputs = explain(text=tf.constant(batch, tf.string))
+        for text, probability, tokens, scores in zip(batch, outputs["probability"].numpy(), outputs["tokens"].numpy(),
+                                                     outputs["attributions"].numpy(), strict=True):
+            real = [index for index, token in enumerate(tokens) if token]
+            words, values = [tokens[index].decode() for index in real], [float(scores[index]) for index in real]
+            label = labels[int(probability >= 0.5)]
+            click.echo(f"{label}\t{probability:.4f}\t{show(words, values)}")
+            rows.append((text, label, float(probability), words, values))
+    if html_path:
+        Path(html_path).write_text(html_page(rows, title), encoding="utf-8")
+        click.echo(f"explanation page: {html_path}", err=True)
+    if png_path:
+        picture([row[1:] for row in rows], png_path, title=title)
+        click.echo(f"explanation picture: {png_path}", err=True)

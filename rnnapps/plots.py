@@ -71,6 +71,22 @@ def heatmap(values, row_labels: Sequence[str], column_labels: Sequence[str], pat
     return Path(path)
 
 
+def attention_map(outputs: dict, index: int, path: str | Path, title: str = "") -> Path:
+    """The heat map (target × source tokens) of sentence ``index`` of a translation's outputs.
+
+    ``outputs`` holds NumPy ``attention``, ``source_tokens`` and ``target_tokens``, as the
+    ``translate_with_attention`` signature and ``Translator.translate`` return them.
+    """
+
+    def strings(row):
+        return [token.decode("utf-8") for token in np.asarray(row) if token]
+
+    source = strings(outputs["source_tokens"][index]) or ["(empty)"]
+    target = strings(outputs["target_tokens"][index]) or ["(empty)"]
+    weights = np.asarray(outputs["attention"][index])[: len(target), : len(source)]
+    return heatmap(weights, target, source, path, title=title)
+
+
 def reliability_diagram(calibration: dict, path: str | Path, title: str = "Reliability diagram") -> Path:
     """Accuracy against confidence per bin (``rnnapps.metrics.expected_calibration_error``'s table).
 

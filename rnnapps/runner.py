@@ -9,6 +9,7 @@ Library users call the same functions::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from rnnapps.errors import ConfigError
 from rnnapps.pipelines import get_pipeline
 
 MODEL_FILE = "model.keras"
+# Pipeline.build_record of the run's model, merged into every metrics.json of the run.
+BUILD_RECORD_FILE = "build_record.json"
 # What `--resume` may change: how much longer training goes on and the learning-rate schedule of the
 # epochs to come (e.g. decay a run that has levelled off), never the model, data or optimiser.
 RESUMABLE_FIELDS = frozenset({
@@ -114,16 +117,15 @@ def run(
     print(f"rnnapps: {name} run in {run_dir} (precision {policy}, {strategy_obj.num_replicas_in_sync} replica(s))")
     model, train_seconds = _train(pipeline, config, datasets, strategy_obj, run_dir, **train)
     model.save(run_dir / MODEL_FILE)
+    # What the build did that model.keras does not hold (sentiment: what init_from copied) is
+    # written beside it, so every later evaluation of this run reports it, a reloaded copy's too.
+    run_dirs.write_json(run_dir / BUILD_RECORD_FILE, pipeline.build_record(model))
     if devices.is_multi_worker(strategy_obj):
         import keras
 
         # The chief evaluates and exports alone: a copy outside the strategy never waits on a
         # collective that the finished workers will not join.
-        trained, model = model, keras.saving.load_model(run_dir / MODEL_FILE)
-        # What build_model recorded about the model (sentiment's transfer_report, for metrics.json)
-        # is not part of model.keras: the copy carries it on.
-        if hasattr(trained, "transfer_report"):
-            model.transfer_report = trained.transfer_report
+        model = keras.saving.load_model(run_dir / MODEL_FILE)
     metrics = _evaluate_and_plot(pipeline, model, datasets, config, run_dir)
     metrics["train_seconds_this_session"] = round(train_seconds, 2)
     run_dirs.write_json(run_dir / "metrics.json", metrics)
@@ -179,6 +181,9 @@ def _evaluate_and_plot(pipeline, model, datasets, config, run_dir: Path) -> dict
     from rnnapps import plots
 
     metrics = pipeline.evaluate(model, datasets, config, run_dir)
+    record = run_dir / BUILD_RECORD_FILE
+    if record.exists():
+        metrics.update(json.loads(record.read_text()))
     history = run_dirs.read_history(run_dir / "history.csv")
     if history:
         plots.learning_curves(history, run_dir / "learning_curves.png", title=f"{pipeline.name} learning curves")

@@ -150,6 +150,24 @@ class _BackupSaver(keras.callbacks.Callback):
 
 # --- callbacks -------------------------------------------------------------------------------
 
+class EpochMetric(keras.callbacks.Callback):
+    """Adds ``name: compute(model)`` to each epoch's logs, before the checkpoint, early-stopping
+    and history callbacks read them (put it first): a task metric such as span F1 can be ``monitor``.
+
+    Args:
+        name: the log key, e.g. ``"val_f1"``.
+        compute: ``model -> float``, run once at the end of every epoch.
+    """
+
+    def __init__(self, name: str, compute):
+        super().__init__()
+        self.name, self.compute = name, compute
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.name] = float(self.compute(self.model))
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stop at the first NaN/inf loss and remember it, so the run can fail clearly.
 

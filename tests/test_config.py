@@ -88,3 +88,31 @@ def test_renamed_fields_of_older_runs_still_load(tmp_path):
 def test_backups_default_to_every_few_minutes_and_can_be_epoch_only():
     assert TrainingConfig().backup_every_minutes == 5.0
     assert apply_overrides(TrainingConfig(), {"backup_every_minutes": "none"}, "--set").backup_every_minutes is None
+
+
+@pytest.mark.parametrize(
+    "pipeline, overrides, message",
+    [
+        ("translate", {"units": 0}, "units=0 must be >= 1"),
+        ("translate", {"attention": "dot"}, "attention='dot' is not one of bahdanau, luong"),
+        ("translate", {"label_smoothing": 1.0}, r"label_smoothing=1.0 must be in \[0, 1\)"),
+        ("autoencoder", {"decoder_cell": "tree"}, "decoder_cell='tree' is not one of lstm, gru, simple_rnn"),
+        ("draw", {"read_glimpse_size": 0}, "read_glimpse_size=0 must be >= 1"),
+        ("pixelrnn", {"binarize": "maybe"}, "binarize='maybe' is not one of"),
+        ("sentiment", {"explain_steps": 0}, "explain_steps=0 must be >= 1"),
+    ],
+)
+def test_every_pipeline_config_names_the_bad_field_in_the_same_words(pipeline, overrides, message):
+    from rnnapps.pipelines import get_pipeline
+
+    config_class = get_pipeline(pipeline).config_class
+    config = config_class()
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(config, **overrides)
+
+
+def test_unset_optional_sizes_pass_the_minimum_check():
+    from rnnapps.pipelines.draw import DrawConfig
+
+    assert DrawConfig(read_glimpse_size=None).read_glimpse_size is None
+    assert DrawConfig(read_glimpse_size=3).glimpse_sizes[0] == 3

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rnnapps.data import sources
@@ -334,3 +335,23 @@ def tag_dataset(sentences: Sequence[Sentence], vocab: Vocabularies, batch_size: 
         padding_values=(PADDING, 0),
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def word_lookup_vectors(path, vocab: Vocabularies, expected_dim: int, seed: int = 0) -> np.ndarray:
+    """Pretrained rows for the word lookup of ``vocab`` (padding, ``[UNK]``, then its words) from a GloVe-style file.
+
+    Words are matched after :func:`rnnapps.text_ops.normalise_word`, as the model reads them. A
+    file whose vectors are not ``expected_dim`` wide is a :class:`ConfigError` that says which
+    ``word_embedding_dim`` to set.
+    """
+    from rnnapps.data.embeddings import read_word_vectors
+    from rnnapps.errors import ConfigError
+
+    rows = [PADDING, OOV_TOKEN, *vocab.words]
+    vectors = read_word_vectors(path, rows, seed=seed, normalise=normalise_word)
+    if vectors.shape[1] != expected_dim:
+        raise ConfigError(
+            f"{path} has {vectors.shape[1]}-dimensional vectors but word_embedding_dim={expected_dim}; "
+            f"add --set word_embedding_dim={vectors.shape[1]}"
+        )
+    return vectors

@@ -115,3 +115,26 @@ def read_word_vectors(
         width,
     )
     return matrix
+
+
+def optional_word_vectors(
+    path: str | os.PathLike, data_dir, vocabulary: Sequence[str], seed: int = 0, optional: bool = False,
+    consequence: str = "",
+) -> np.ndarray | None:
+    """:func:`read_word_vectors` of ``path`` (as given, or in ``data_dir``); with ``optional``, None if it is missing.
+
+    A missing optional file is a warning that names the file and ``consequence`` (what the run
+    loses without it), not an error, so a preset that prefers pretrained vectors still runs.
+    """
+    import warnings
+
+    from rnnapps.errors import DataNotFoundError
+
+    try:
+        resolved = sources.resolve_path(path, data_dir)
+    except DataNotFoundError as error:
+        if not optional:
+            raise
+        warnings.warn(f"{error}; {consequence}", stacklevel=3)
+        return None
+    return read_word_vectors(resolved, vocabulary, seed=seed)

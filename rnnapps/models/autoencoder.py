@@ -7,6 +7,7 @@ sentiment encoder (Dai & Le 2015, "Semi-supervised Sequence Learning").
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -24,6 +25,10 @@ from rnnapps.models.seq2seq import (
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.text_ops import make_vectorizer
 
+# Texts reconstructed per call by reconstruction_metrics and encode_texts.
+EVALUATION_BATCH = 128
+# Reconstructions that reconstruction_metrics returns as samples.
+SAMPLE_RECONSTRUCTIONS = 50
 # How the code reads the encoder: its final states only, or those and its pooled outputs.
 POOLING_TYPES = ("none", "max", "mean")
 
@@ -384,3 +389,62 @@ class Seq2SeqAutoencoder(keras.Model):
             seed=self.seed,
         )
         return config
+
+
+# --- batched inference for evaluation ------------------------------------------------------
+
+def reconstruction_metrics(
+    model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH, beam_width: int = 1
+) -> dict:
+    """Reconstruction of ``texts`` (greedy, or a beam search): token accuracy and exact match, with samples.
+
+    The reference is the tokens the model reads (standardised, cut at
+    ``max_length``, ``[UNK]`` for unknown words) followed by ``</s>``; a token
+    counts as right when the decoder emits it at the same position, and a text
+    matches exactly when every position (``</s>`` included) is right.
+    ``unknown_share`` is the share of reference tokens that are ``[UNK]``: the
+    part of the accuracy that an out-of-vocabulary word gives away.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def score(text):
+        ids = model.token_ids(text)
+        result = model.reconstruct_ids(model.encode(ids), beam_width=beam_width)
+        _, labels = teacher_forcing_pairs(ids)
+        hypotheses = result.ids[:, : tf.shape(labels)[1]]
+        hypotheses = tf.pad(hypotheses, [[0, 0], [0, tf.shape(labels)[1] - tf.shape(hypotheses)[1]]])
+        real = tf.not_equal(labels, PAD_ID)
+        right = tf.equal(hypotheses, labels) & real
+        counts = tf.reduce_sum(tf.cast(right, tf.int64), axis=1)
+        totals = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
+        unknowns = tf.reduce_sum(tf.cast(tf.equal(labels, UNKNOWN_ID) & real, tf.int64), axis=1)
+        return counts, totals, unknowns, model.ids_to_text(result.ids)
+
+    right = total = exact = unknown = 0
+    samples = []
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        counts, totals, unknowns, reconstructions = (value.numpy() for value in score(tf.constant(batch)))
+        right += int(counts.sum())
+        total += int(totals.sum())
+        unknown += int(unknowns.sum())
+        exact += int((counts == totals).sum())
+        for text, reconstruction in zip(batch, reconstructions, strict=True):
+            if len(samples) < SAMPLE_RECONSTRUCTIONS:
+                samples.append({"text": text, "reconstruction": reconstruction.decode("utf-8")})
+    return {
+        "token_accuracy": right / max(total, 1),
+        "exact_match": exact / max(len(texts), 1),
+        "examples": len(texts),
+        "tokens": total,
+        "unknown_share": unknown / max(total, 1),
+        "samples": samples,
+    }
+
+
+def encode_texts(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
+    """Codes ``(len(texts), code_size)`` as float32 NumPy."""
+    encode = tf.function(model.encode_text, input_signature=[tf.TensorSpec([None], tf.string)])
+    blocks = [encode(tf.constant(list(texts[start : start + batch_size]))).numpy()
+              for start in range(0, len(texts), batch_size)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, model.code_size), "float32")

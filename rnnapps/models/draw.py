@@ -29,6 +29,8 @@ import math
 import numbers
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from rnnapps.models.distribute import scale_loss_for_replicas
@@ -146,8 +148,50 @@ def _unpack_three(first, second, third, names):
     return first, second, third
 
 
+class _GridAttentionHead(keras.layers.Layer):
+    """What DRAW's read and write heads share: the image geometry, the glimpse size, and the
+    Gaussian grid whose five parameters a linear layer reads off the decoder state.
+
+    ``attention`` is the subclass's ``read_attention``/``write_attention`` argument (the name
+    its config keeps); without it the head reads or writes whole images.
+    """
+
+    #: the constructor argument (and config key) that switches the grid on
+    attention_argument = ""
+
+    def __init__(self, glimpse_size: int, image_height: int, image_width: int, channels: int = 1,
+                 attention: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.glimpse_size = _check_positive_int("glimpse_size", glimpse_size)
+        self.image_height = _check_positive_int("image_height", image_height)
+        self.image_width = _check_positive_int("image_width", image_width)
+        self.channels = _check_positive_int("channels", channels)
+        self.attention = bool(attention)
+
+    def _grid_parameters_layer(self):
+        return keras.layers.Dense(ATTENTION_PARAMETERS, name="attention_parameters") if self.attention else None
+
+    def filterbanks(self, decoder_state):
+        """``(F_X, F_Y, log_gamma)`` of this step's grid (:func:`attention_filterbanks`), in the compute dtype."""
+        filter_x, filter_y, log_gamma = attention_filterbanks(
+            self.attention_projection(decoder_state), self.image_height, self.image_width, self.glimpse_size
+        )
+        return ops.cast(filter_x, self.compute_dtype), ops.cast(filter_y, self.compute_dtype), log_gamma
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            glimpse_size=self.glimpse_size,
+            image_height=self.image_height,
+            image_width=self.image_width,
+            channels=self.channels,
+            **{self.attention_argument: self.attention},
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="rnnapps")
-class AttentionReader(keras.layers.Layer):
+class AttentionReader(_GridAttentionHead):
     """DRAW's read head: Gaussian glimpses of the image and of the error image.
 
     A linear layer maps the previous decoder state to the grid parameters, and
@@ -182,24 +226,16 @@ class AttentionReader(keras.layers.Layer):
     (4, 24)
     """
 
-    def __init__(
-        self,
-        glimpse_size: int,
-        image_height: int,
-        image_width: int,
-        channels: int = 1,
-        read_attention: bool = True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.glimpse_size = _check_positive_int("glimpse_size", glimpse_size)
-        self.image_height = _check_positive_int("image_height", image_height)
-        self.image_width = _check_positive_int("image_width", image_width)
-        self.channels = _check_positive_int("channels", channels)
-        self.read_attention = bool(read_attention)
-        self.attention_projection = (
-            keras.layers.Dense(ATTENTION_PARAMETERS, name="attention_parameters") if self.read_attention else None
-        )
+    attention_argument = "read_attention"
+
+    def __init__(self, glimpse_size: int, image_height: int, image_width: int, channels: int = 1,
+                 read_attention: bool = True, **kwargs):
+        super().__init__(glimpse_size, image_height, image_width, channels, read_attention, **kwargs)
+        self.attention_projection = self._grid_parameters_layer()
+
+    @property
+    def read_attention(self) -> bool:
+        return self.attention
 
     @property
     def output_width(self) -> int:
@@ -219,14 +255,10 @@ class AttentionReader(keras.layers.Layer):
         image, error_image, decoder_state = _unpack_three(
             image, error_image, decoder_state, "[image, error_image, decoder_state]"
         )
-        if not self.read_attention:
+        if not self.attention:
             flat = self.image_height * self.image_width * self.channels
             return ops.concatenate([ops.reshape(image, (-1, flat)), ops.reshape(error_image, (-1, flat))], axis=-1)
-        filter_x, filter_y, log_gamma = attention_filterbanks(
-            self.attention_projection(decoder_state), self.image_height, self.image_width, self.glimpse_size
-        )
-        filter_x = ops.cast(filter_x, self.compute_dtype)
-        filter_y = ops.cast(filter_y, self.compute_dtype)
+        filter_x, filter_y, log_gamma = self.filterbanks(decoder_state)
         flat = self.glimpse_size * self.glimpse_size * self.channels
 
         def glimpse(picture):
@@ -241,20 +273,9 @@ class AttentionReader(keras.layers.Layer):
             image_shape = image_shape[0]
         return (image_shape[0], self.output_width)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            glimpse_size=self.glimpse_size,
-            image_height=self.image_height,
-            image_width=self.image_width,
-            channels=self.channels,
-            read_attention=self.read_attention,
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="rnnapps")
-class AttentionWriter(keras.layers.Layer):
+class AttentionWriter(_GridAttentionHead):
     """DRAW's write head: a patch placed on the canvas through a Gaussian grid.
 
     From the decoder state a linear layer predicts an ``N × N × C`` patch ``w``
@@ -283,31 +304,24 @@ class AttentionWriter(keras.layers.Layer):
     (4, 8, 8, 3)
     """
 
-    def __init__(
-        self,
-        glimpse_size: int,
-        image_height: int,
-        image_width: int,
-        channels: int = 1,
-        write_attention: bool = True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.glimpse_size = _check_positive_int("glimpse_size", glimpse_size)
-        self.image_height = _check_positive_int("image_height", image_height)
-        self.image_width = _check_positive_int("image_width", image_width)
-        self.channels = _check_positive_int("channels", channels)
-        self.write_attention = bool(write_attention)
-        if self.write_attention:
+    attention_argument = "write_attention"
+
+    def __init__(self, glimpse_size: int, image_height: int, image_width: int, channels: int = 1,
+                 write_attention: bool = True, **kwargs):
+        super().__init__(glimpse_size, image_height, image_width, channels, write_attention, **kwargs)
+        if self.attention:
             self.patch_projection = keras.layers.Dense(
                 self.glimpse_size * self.glimpse_size * self.channels, name="patch"
             )
-            self.attention_projection = keras.layers.Dense(ATTENTION_PARAMETERS, name="attention_parameters")
         else:
             self.patch_projection = keras.layers.Dense(
                 self.image_height * self.image_width * self.channels, name="canvas_update"
             )
-            self.attention_projection = None
+        self.attention_projection = self._grid_parameters_layer()
+
+    @property
+    def write_attention(self) -> bool:
+        return self.attention
 
     def build(self, decoder_state_shape):
         self.patch_projection.build(tuple(decoder_state_shape))
@@ -316,14 +330,10 @@ class AttentionWriter(keras.layers.Layer):
 
     def call(self, decoder_state):
         patch = self.patch_projection(decoder_state)
-        if not self.write_attention:
+        if not self.attention:
             return ops.reshape(patch, (-1, self.image_height, self.image_width, self.channels))
         patch = ops.reshape(patch, (-1, self.glimpse_size, self.glimpse_size, self.channels))
-        filter_x, filter_y, log_gamma = attention_filterbanks(
-            self.attention_projection(decoder_state), self.image_height, self.image_width, self.glimpse_size
-        )
-        filter_x = ops.cast(filter_x, self.compute_dtype)
-        filter_y = ops.cast(filter_y, self.compute_dtype)
+        filter_x, filter_y, log_gamma = self.filterbanks(decoder_state)
         rows = ops.einsum("bnh,bnmc->bhmc", filter_y, patch)
         canvas = ops.einsum("bhmc,bmw->bhwc", rows, filter_x)
         inverse_gamma = ops.cast(ops.exp(-log_gamma), self.compute_dtype)
@@ -331,17 +341,6 @@ class AttentionWriter(keras.layers.Layer):
 
     def compute_output_shape(self, decoder_state_shape):
         return (decoder_state_shape[0], self.image_height, self.image_width, self.channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            glimpse_size=self.glimpse_size,
-            image_height=self.image_height,
-            image_width=self.image_width,
-            channels=self.channels,
-            write_attention=self.write_attention,
-        )
-        return config
 
 
 def latent_kl_divergence(mean, log_sigma):
@@ -801,3 +800,14 @@ def build_draw(height: int = 28, width: int = 28, channels: int = 1, **options) 
     model = DrawModel((height, width, channels), **{"name": "draw", **options})
     model.build((None, height, width, channels))
     return model
+
+
+def nll_bounds(model: DrawModel, dataset, seed: int = 0) -> np.ndarray:
+    """The negative ELBO in nats of every image of a dataset of float image batches (float64 ``(N,)``).
+
+    Batch ``k`` uses noise seed ``seed + k``: reproducible, and the batches do not share one noise draw.
+    """
+    bound = tf.function(lambda images, batch_seed: model.reconstruct(images, seed=batch_seed)[1],
+                        reduce_retracing=True)
+    values = [bound(images, tf.constant(seed + index, tf.int32)).numpy() for index, images in enumerate(dataset)]
+    return np.concatenate(values).astype("float64")

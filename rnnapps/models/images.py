@@ -15,7 +15,10 @@ one place that conversion lives, so every signature reads pixels the same way:
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+
+from rnnapps.errors import ConfigError
 
 
 def _padded_shape(tensor, length: int):
@@ -143,3 +146,32 @@ def unit_float_to_uint8(probabilities):
     [0, 128, 255]
     """
     return tf.cast(tf.round(tf.clip_by_value(tf.cast(probabilities, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
+    """uint8 mask (1 = known) for ``shape`` ``(N, H, W[, 1])``.
+
+    ``bottom``/``bottom-half``: the lower half hidden; ``right``/``right-half``: the
+    right half; ``random``: each pixel hidden with probability 1/2 (seeded);
+    ``box:r0,c0,r1,c1``: rows r0..r1-1 and columns c0..c1-1 hidden.
+    """
+    mask = np.ones(shape, dtype=np.uint8)
+    height, width = shape[1], shape[2]
+    kind = occlude.split("-")[0] if not occlude.startswith("box:") else "box"
+    if kind == "bottom":
+        mask[:, height // 2:] = 0
+    elif kind == "right":
+        mask[:, :, width // 2:] = 0
+    elif kind == "random":
+        mask = (np.random.default_rng(seed).random(shape) >= 0.5).astype(np.uint8)
+    elif kind == "box":
+        try:
+            r0, c0, r1, c1 = (int(value) for value in occlude[4:].split(","))
+        except ValueError:
+            raise ConfigError(f"--occlude {occlude!r}: expected box:r0,c0,r1,c1 with four integers") from None
+        if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
+            raise ConfigError(f"--occlude {occlude!r}: the box must lie inside the {height}x{width} image")
+        mask[:, r0:r1, c0:c1] = 0
+    else:
+        raise ConfigError(f"--occlude {occlude!r}: choose bottom, right, random or box:r0,c0,r1,c1")
+    return mask

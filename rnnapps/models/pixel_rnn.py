@@ -534,3 +534,9 @@ def sample_numpy(model, count: int, seed: int = 0) -> np.ndarray:
     """
     zeros = np.zeros((count,) + tuple(model.input_shape[1:]), "float32")
     return _complete_numpy(model, zeros, zeros.astype(bool), seed)
+
+
+def per_image_nll(model, dataset) -> np.ndarray:
+    """Negative log-likelihood in nats of every image of an ``(images, images)`` dataset."""
+    score = tf.function(lambda images: bernoulli_nll(images, model(images, training=False)), reduce_retracing=True)
+    return np.concatenate([score(images).numpy() for images, _ in dataset]).astype("float64")

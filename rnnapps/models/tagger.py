@@ -10,10 +10,13 @@ softmax decoder and owns the loss. The NER pipeline composes both.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rnnapps import text_ops
+from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.crf import CRF
+from rnnapps.models.recurrent import RecurrentStack
 
 DECODERS = ("crf", "softmax")
 
@@ -228,3 +231,110 @@ class SequenceTagger(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
+
+
+def build_ner_tagger(
+    word_lookup: keras.layers.StringLookup,
+    char_lookup: keras.layers.StringLookup,
+    tags: list[str],
+    *,
+    word_embedding_dim: int = 100,
+    word_vectors: np.ndarray | None = None,
+    char_embedding_dim: int = 25,
+    char_encoder: str = "cnn",
+    char_units: int = 25,
+    char_filters: int = 30,
+    char_kernel_size: int = 3,
+    char_dropout: float = 0.0,
+    case_embedding_dim: int = 8,
+    max_chars: int | None = None,
+    cell: str = "lstm",
+    units: int = 100,
+    depth: int = 1,
+    dropout: float = 0.5,
+    recurrent_dropout: float = 0.0,
+    decoder: str = "crf",
+    seed: int = 0,
+    name: str = "ner",
+) -> SequenceTagger:
+    """The word + character BiLSTM tagger of ``rnnapps run ner``, uncompiled.
+
+    Each token is its word embedding, a :class:`CharWordEncoder` of its characters and a case
+    embedding, concatenated; dropout, a bidirectional :class:`RecurrentStack` and a dense layer
+    give each token's tag scores, which a :class:`SequenceTagger` decodes (CRF or softmax).
+
+    Args:
+        word_lookup, char_lookup: ``StringLookup`` layers of normalised words and of characters
+            (``""`` padding id 0, ``[UNK]`` id 1), e.g. ``rnnapps.data.conll.make_lookup_layers``.
+        tags: the tag strings (id ``i + 1`` is ``tags[i]``; 0 is padding).
+        word_vectors: pretrained word rows in ``word_lookup``'s order, or None.
+        char_*: the character encoder (``char_encoder`` ``"cnn"`` or ``"lstm"``); ``max_chars`` per token.
+        cell, units, depth, dropout, recurrent_dropout: the word-level encoder.
+        decoder: ``"crf"`` or ``"softmax"``.
+
+    Example:
+
+    >>> words = keras.layers.StringLookup(vocabulary=["eu"], mask_token="", oov_token="[UNK]")
+    >>> chars = keras.layers.StringLookup(vocabulary=list("eu"), mask_token="", oov_token="[UNK]")
+    >>> tagger = build_ner_tagger(words, chars, ["O", "B-ORG"], word_embedding_dim=4, units=4)
+    >>> tagger.tag(tf.constant([["EU", "rejects"]])).shape
+    TensorShape([1, 2])
+    """
+    tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
+    words, chars, case_ids = TokenFeatures(max_chars=max_chars, name="token_features")(tokens)
+    word_embedding = keras.layers.Embedding(
+        word_lookup.vocabulary_size(), word_embedding_dim, mask_zero=True, name="word_embedding"
+    )
+    features = [
+        word_embedding(word_lookup(words)),
+        CharWordEncoder(
+            char_lookup.vocabulary_size(),
+            char_embedding_dim=char_embedding_dim,
+            mode=char_encoder,
+            units=char_units,
+            filters=char_filters,
+            kernel_size=char_kernel_size,
+            dropout=char_dropout,
+            seed=seed,
+            name="char_encoder",
+        )(char_lookup(chars)),
+        keras.layers.Embedding(
+            text_ops.NUM_CASE_CATEGORIES, case_embedding_dim, mask_zero=True, name="case_embedding"
+        )(case_ids),
+    ]
+    x = keras.layers.Concatenate(name="token_representation")(features)
+    if dropout:
+        x = keras.layers.Dropout(dropout, seed=seed, name="feature_dropout")(x)
+    x = RecurrentStack(units, cell=cell, depth=depth, bidirectional=True, dropout=dropout,
+                       recurrent_dropout=recurrent_dropout, return_sequences=True, seed=seed, name="encoder")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, seed=seed + 1, name="output_dropout")(x)
+    # float32 emissions: the CRF and the softmax loss both want full precision.
+    emissions = keras.layers.Dense(len(tags) + 1, dtype="float32", name="emissions")(x)
+    encoder = keras.Model(tokens, emissions, name="emission_model")
+    if word_vectors is not None:
+        word_embedding.set_weights([word_vectors])
+    return SequenceTagger(encoder, tags, decoder=decoder, name=name)
+
+
+def predict_tags(model: SequenceTagger, dataset, with_confidence: bool = False):
+    """Gold and predicted tag strings of every sentence of a ``(tokens, tag_ids)`` dataset.
+
+    With ``with_confidence``, also each sentence's token confidences (the CRF marginals of the
+    predicted tags, :meth:`SequenceTagger.tag_with_confidence`).
+    """
+    names = np.array([text_ops.PADDING, *model.tags], dtype=object)
+    decode = model.tag_ids_with_confidence if with_confidence else model.tag_ids
+    decode = tf.function(decode, reduce_retracing=True)
+    gold, predicted, confidences = [], [], []
+    for tokens, gold_ids in dataset:
+        decoded = decode(tokens)
+        predicted_ids, confidence = (decoded[0].numpy(), decoded[1].numpy()) if with_confidence else (decoded.numpy(), None)
+        gold_ids = gold_ids.numpy()
+        lengths = (tokens.numpy() != b"").sum(axis=1)
+        for row, length in enumerate(lengths):
+            gold.append(list(names[gold_ids[row, :length]]))
+            predicted.append(list(names[predicted_ids[row, :length]]))
+            if with_confidence:
+                confidences.append(confidence[row, :length])
+    return (gold, predicted, confidences) if with_confidence else (gold, predicted)

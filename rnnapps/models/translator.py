@@ -268,3 +268,16 @@ class Translator(keras.Model):
             seed=self.seed,
         )
         return config
+
+
+def translate_texts(model: Translator, texts, beam_width: int, batch_size: int = 100) -> list[str]:
+    """Translations of a list of strings, ``batch_size`` at a time, through one traced function."""
+    function = tf.function(
+        lambda text: model.translate(text, beam_width=beam_width)["translation"],
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
+    translations = []
+    for start in range(0, len(texts), batch_size):
+        batch = function(tf.constant(list(texts[start : start + batch_size])))
+        translations.extend(item.decode("utf-8") for item in batch.numpy())
+    return translations

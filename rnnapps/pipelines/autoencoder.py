@@ -1,24 +1,17 @@
 """Sequence autoencoder: text → one vector → the same text; its encoder pre-trains sentiment.
 
-What it does, in five bullets:
+What it does, in five bullets (docs/autoencoder.md has the details):
 
-* reads one text per example — IMDB reviews by default (train split, labels
-  ignored, the first ``max_length`` tokens kept), the English side of Multi30k
-  (``--set dataset=multi30k``), or any text file/folder, one example a line
-  (``--set corpus=PATH``) — and builds the vocabulary on train only with the
-  project's one standardiser, plus ``<s>`` and ``</s>``;
-* embeds the tokens and reads them with a (bi)LSTM/GRU ``RecurrentStack`` named
-  ``encoder``, exactly like the sentiment model's; its final states go through
-  a tanh bottleneck to the code, one vector of ``code_size`` numbers;
-* a GRU/LSTM decoder starts from the code (tanh bridges to its initial state)
-  and predicts ``w1..wn </s>`` from ``<s> w1..wn`` (teacher forcing), with
-  optional word dropout on its inputs so that the code must carry the content;
-  trained with ``fit(X)``: the input is its own target;
-* reports, on held-out text, greedy reconstruction token accuracy and exact
-  match (and the teacher-forced accuracy), writes sample reconstructions and,
-  for IMDB, a 2-D PCA picture of the review codes coloured by label;
-* exports ``serving_default``/``encode(text) -> {embedding}``,
-  ``reconstruct(text) -> {text}`` and ``vocabulary() -> {tokens}``; then
+* reads one text per example (IMDB reviews, Multi30k's English side with
+  ``--set dataset=multi30k``, or any file with ``--set corpus=PATH``) and builds
+  the vocabulary on train only, plus ``<s>`` and ``</s>``;
+* reads the tokens with a (bi)LSTM/GRU ``RecurrentStack`` named ``encoder``, like
+  the sentiment model's, whose final states become the code (``code_size`` numbers);
+* a GRU/LSTM decoder starts from the code and predicts ``w1..wn </s>`` from
+  ``<s> w1..wn`` (teacher forcing, optional word dropout), trained with ``fit(X)``;
+* reports greedy reconstruction token accuracy and exact match on held-out text,
+  sample reconstructions and, for IMDB, a 2-D PCA picture of the review codes;
+* exports ``serving_default``/``encode``, ``reconstruct`` and ``vocabulary``; then
   ``rnnapps run sentiment --set init_from=<this run or export>`` starts the
   sentiment model from this embedding and encoder (``rnnapps.transfer``).
 
@@ -41,16 +34,18 @@ import tensorflow as tf
 
 from rnnapps import training
 from rnnapps.config import TrainingConfig
-from rnnapps.data import imdb
-from rnnapps.data.parallel_text import load_parallel_corpus
-from rnnapps.data.text import build_vocabulary, text_label_dataset
-from rnnapps.data.text_corpus import load_corpus
+from rnnapps.data.text import build_vocabulary, token_id_dataset
+from rnnapps.data.text_examples import DATASETS, load_text_examples
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
-from rnnapps.models.autoencoder import POOLING_TYPES, Seq2SeqAutoencoder
+from rnnapps.models.autoencoder import (
+    POOLING_TYPES,
+    Seq2SeqAutoencoder,
+    encode_texts,
+    reconstruction_metrics,
+)
 from rnnapps.models.recurrent import CELL_TYPES
-from rnnapps.models.seq2seq import PAD_ID, UNKNOWN_ID, teacher_forcing_pairs, with_markers
-from rnnapps.models.sequence import ClipSequenceLength
+from rnnapps.models.seq2seq import with_markers
 from rnnapps.pipelines.base import (
     DataInfo,
     Datasets,
@@ -63,14 +58,9 @@ from rnnapps.pipelines.base import (
     text_requests,
 )
 from rnnapps.request_limits import text_request
-from rnnapps.text_ops import detokenize, make_vectorizer
+from rnnapps.text_ops import detokenize
 
-DATASETS = ("imdb", "multi30k")
 LABELS = ("negative", "positive")
-# Texts reconstructed per call in evaluation.
-EVALUATION_BATCH = 128
-# Held-out reconstructions written to the run directory.
-SAMPLE_RECONSTRUCTIONS = 50
 
 
 @dataclasses.dataclass
@@ -136,18 +126,12 @@ class AutoencoderConfig(TrainingConfig):
         super().validate()
         if self.corpus is None and self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} (or set corpus=PATH)")
-        for name, value in (("cell", self.cell), ("decoder_cell", self.decoder_cell or self.cell)):
-            if value not in CELL_TYPES:
-                raise ConfigError(f"{name}={value!r} is not one of {', '.join(CELL_TYPES)}")
-        if self.pooling not in POOLING_TYPES:
-            raise ConfigError(f"pooling={self.pooling!r} is not one of {', '.join(POOLING_TYPES)}")
-        for name in ("vocab_size", "max_length", "embedding_dim", "units", "depth", "code_size", "decoder_units",
-                     "bucket_width", "plot_examples", "beam_width"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("embedding_dropout", "dropout", "word_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        self.check_choices(cell=CELL_TYPES, pooling=POOLING_TYPES)
+        if self.decoder_cell is not None:
+            self.check_choices(decoder_cell=CELL_TYPES)
+        self.check_at_least(1, "vocab_size", "max_length", "embedding_dim", "units", "depth", "code_size",
+                            "decoder_units", "bucket_width", "plot_examples", "beam_width")
+        self.check_rates("embedding_dropout", "dropout", "word_dropout")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError(f"validation_fraction={self.validation_fraction!r} must be in (0, 0.5)")
 
@@ -155,110 +139,14 @@ class AutoencoderConfig(TrainingConfig):
 # --- data ------------------------------------------------------------------------------------
 
 def load_texts(config: AutoencoderConfig, data_dir: Path | None) -> dict:
-    """``{"train", "validation", "test": list[str], "test_labels": int array or None}`` of the chosen source."""
-    test_labels = None
-    if config.corpus:
-        lines = [line.strip() for line in load_corpus(data_dir, config.corpus).split("\n") if line.strip()]
-        if len(lines) < 3:
-            raise ConfigError(f"corpus {config.corpus!r} has {len(lines)} non-empty line(s); it needs at least 3")
-        # Seeded splits: test first, then validation out of the rest, each validation_fraction of the lines.
-        (rest, _), (test, _) = imdb.split_validation(lines, np.zeros(len(lines)), config.validation_fraction,
-                                                     config.seed)
-        (train, _), (validation, _) = imdb.split_validation(
-            rest, np.zeros(len(rest)), config.validation_fraction / (1 - config.validation_fraction), config.seed
-        )
-        train = train[: config.max_train_examples] if config.max_train_examples else train
-    elif config.dataset == "imdb":
-        splits = imdb.load_imdb(data_dir)
-        train, labels = splits["train"]
-        if config.max_train_examples:
-            train, labels = train[: config.max_train_examples], labels[: config.max_train_examples]
-        # The sentiment pipeline's split (same fraction and seed): no validation review is pretrained on.
-        (train, _), (validation, _) = imdb.split_validation(train, labels, config.validation_fraction, config.seed)
-        test, test_labels = splits["test"]
-    else:
-        corpus = load_parallel_corpus("multi30k", "de", "en", data_dir, seed=config.seed)
-        train, validation, test = ([english for _, english in corpus[split]] for split in ("train", "validation", "test"))
-        train = train[: config.max_train_examples] if config.max_train_examples else train
+    """The chosen source's splits (:func:`rnnapps.data.text_examples.load_text_examples`), evaluation caps applied."""
+    texts = load_text_examples(data_dir, config.dataset, config.corpus, config.validation_fraction, config.seed,
+                               config.max_train_examples)
     limit = config.max_eval_examples
-    return {
-        "train": list(train),
-        "validation": evaluation_subset(list(validation), limit),
-        "test": evaluation_subset(list(test), limit),
-        "test_labels": None if test_labels is None else evaluation_subset(np.asarray(test_labels), limit),
-    }
-
-
-def token_id_dataset(texts, vocabulary, config: AutoencoderConfig, shuffle: bool) -> tf.data.Dataset:
-    """Batches of int32 token ids ``(batch, time)`` (the model's input and target), bucketed by length."""
-    vectorizer = make_vectorizer(vocabulary)
-    clip = ClipSequenceLength(config.max_length)
-    dataset = text_label_dataset(
-        texts, np.zeros(len(texts), "int32"), config.batch_size, config.max_length, config.bucket_width, shuffle,
-        config.seed,
-    )
-    return dataset.map(lambda text, _: tf.cast(clip(vectorizer(text)), tf.int32), tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
-
-
-# --- metrics and pictures --------------------------------------------------------------------
-
-def reconstruction_metrics(
-    model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH, beam_width: int = 1
-) -> dict:
-    """Reconstruction of ``texts`` (greedy, or a beam search): token accuracy and exact match, with samples.
-
-    The reference is the tokens the model reads (standardised, cut at
-    ``max_length``, ``[UNK]`` for unknown words) followed by ``</s>``; a token
-    counts as right when the decoder emits it at the same position, and a text
-    matches exactly when every position (``</s>`` included) is right.
-    ``unknown_share`` is the share of reference tokens that are ``[UNK]``: the
-    part of the accuracy that an out-of-vocabulary word gives away.
-    """
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def score(text):
-        ids = model.token_ids(text)
-        result = model.reconstruct_ids(model.encode(ids), beam_width=beam_width)
-        _, labels = teacher_forcing_pairs(ids)
-        hypotheses = result.ids[:, : tf.shape(labels)[1]]
-        hypotheses = tf.pad(hypotheses, [[0, 0], [0, tf.shape(labels)[1] - tf.shape(hypotheses)[1]]])
-        real = tf.not_equal(labels, PAD_ID)
-        right = tf.equal(hypotheses, labels) & real
-        counts = tf.reduce_sum(tf.cast(right, tf.int64), axis=1)
-        totals = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
-        unknowns = tf.reduce_sum(tf.cast(tf.equal(labels, UNKNOWN_ID) & real, tf.int64), axis=1)
-        return counts, totals, unknowns, model.ids_to_text(result.ids)
-
-    right = total = exact = unknown = 0
-    samples = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        counts, totals, unknowns, reconstructions = (value.numpy() for value in score(tf.constant(batch)))
-        right += int(counts.sum())
-        total += int(totals.sum())
-        unknown += int(unknowns.sum())
-        exact += int((counts == totals).sum())
-        for text, reconstruction in zip(batch, reconstructions, strict=True):
-            if len(samples) < SAMPLE_RECONSTRUCTIONS:
-                samples.append({"text": text, "reconstruction": reconstruction.decode("utf-8")})
-    return {
-        "token_accuracy": right / max(total, 1),
-        "exact_match": exact / max(len(texts), 1),
-        "examples": len(texts),
-        "tokens": total,
-        "unknown_share": unknown / max(total, 1),
-        "samples": samples,
-    }
-
-
-def encode_texts(model: Seq2SeqAutoencoder, texts, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
-    """Codes ``(len(texts), code_size)`` as float32 NumPy."""
-    encode = tf.function(model.encode_text, input_signature=[tf.TensorSpec([None], tf.string)])
-    blocks = [encode(tf.constant(list(texts[start : start + batch_size]))).numpy()
-              for start in range(0, len(texts), batch_size)]
-    return np.concatenate(blocks) if blocks else np.zeros((0, model.code_size), "float32")
+    labels = texts["test_labels"]
+    return {**texts, "validation": evaluation_subset(texts["validation"], limit),
+            "test": evaluation_subset(texts["test"], limit),
+            "test_labels": None if labels is None else evaluation_subset(labels, limit)}
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -282,7 +170,9 @@ class AutoencoderPipeline(Pipeline):
     def load_data(self, config: AutoencoderConfig, data_dir: Path | None) -> Datasets:
         texts = load_texts(config, data_dir)
         vocabulary = with_markers(build_vocabulary(texts["train"], config.vocab_size))
-        make = lambda split, shuffle: token_id_dataset(texts[split], vocabulary, config, shuffle)  # noqa: E731
+        make = lambda split, shuffle: token_id_dataset(  # noqa: E731
+            texts[split], vocabulary, config.batch_size, config.max_length, config.bucket_width, shuffle, config.seed
+        )
         return Datasets(
             train=make("train", True),
             validation=make("validation", False),

@@ -83,6 +83,14 @@ class Pipeline:
         """The serving limits of an export of ``config`` (``assets.extra/rnnapps.json``, docs/serving.md)."""
         return {name: getattr(config, name) for name in self.request_limit_fields}
 
+    def build_record(self, model: keras.Model) -> dict[str, Any]:
+        """What ``build_model`` did that ``model.keras`` does not hold, for ``metrics.json`` (JSON-ready).
+
+        The runner saves it beside the model once training ends and merges it into every
+        evaluation of the run, a reloaded model's included (sentiment: what ``init_from`` copied).
+        """
+        return {}
+
     def extra_callbacks(self, model: keras.Model, datasets: Datasets, config, run_dir: Path) -> list:
         return []
 
@@ -131,6 +139,22 @@ def served_model(pipeline: str, model_path: str | None, export_dir: str):
 
     path = export_path(pipeline, model_path, export_dir)
     return load_export(path), path
+
+
+def run_keras_model(model_path: Path, option: str, instead: str) -> keras.Model:
+    """The Keras model behind an export (its run's ``model.keras``), for what ``option`` asks and the export lacks."""
+    import click
+
+    from rnnapps.export import read_metadata
+
+    run_dir = read_metadata(model_path).get("run_dir")
+    keras_file = Path(run_dir) / "model.keras" if run_dir else None
+    if keras_file is None or not keras_file.exists():
+        raise click.ClickException(
+            f"{option} needs the Keras model of the run that made {str(model_path)!r} "
+            f"({keras_file or 'no run recorded'} not found); {instead}"
+        )
+    return keras.saving.load_model(keras_file)
 
 
 def export_limits(model_path: Path, config_class) -> dict[str, int]:

@@ -58,7 +58,7 @@ from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint
-from rnnapps.models.draw import DrawModel, build_draw
+from rnnapps.models.draw import build_draw, nll_bounds
 from rnnapps.models.images import serving_images_to_float, unit_float_to_uint8
 from rnnapps.pipelines.base import (
     Datasets,
@@ -125,19 +125,15 @@ class DrawConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset={self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        self.check_choices(dataset=DATASETS)
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(
                 f"likelihood={self.likelihood!r} is not implemented; the only choice is 'bernoulli' "
                 "(on intensities in [0, 1] for SVHN)"
             )
-        for name in ("steps", "encoder_units", "decoder_units", "latent_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name in ("read_glimpse_size", "write_glimpse_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1 (or none for the paper's)")
+        # The glimpse sizes may be None: the paper's.
+        self.check_at_least(1, "steps", "encoder_units", "decoder_units", "latent_size", "read_glimpse_size",
+                            "write_glimpse_size")
 
     @property
     def glimpse_sizes(self) -> tuple[int, int]:
@@ -246,17 +242,6 @@ class DrawPipeline(Pipeline):
 
 
 # --- evaluation ------------------------------------------------------------------------------
-
-def nll_bounds(model: DrawModel, dataset, seed: int = 0) -> np.ndarray:
-    """The negative ELBO in nats of every image of a dataset of float image batches (float64 ``(N,)``).
-
-    Batch ``k`` uses noise seed ``seed + k``: reproducible, and the batches do not share one noise draw.
-    """
-    bound = tf.function(lambda images, batch_seed: model.reconstruct(images, seed=batch_seed)[1],
-                        reduce_retracing=True)
-    values = [bound(images, tf.constant(seed + index, tf.int32)).numpy() for index, images in enumerate(dataset)]
-    return np.concatenate(values).astype("float64")
-
 
 def _to_unit_interval(images: np.ndarray, binary: bool) -> np.ndarray:
     return images.astype("float32") if binary else images.astype("float32") / 255.0

@@ -1,29 +1,22 @@
 """CoNLL-2003 named entities: word + character BiLSTM-CRF tagger scored by span F1.
 
-What it does, in five bullets:
+What it does, in five bullets (docs/ner.md has the details):
 
-* reads CoNLL-2003 (local files in IOB1 or IOB2, else tensorflow-datasets),
-  converts tags to IOB2 and builds word (lowercased, digits as ``0``), char and
-  tag vocabularies on train only; ``--set embeddings=PATH`` adds the words of a
-  GloVe-style file and initialises the word embedding with its vectors;
-* featurises string tokens *inside* the model (``""`` = padding): word ids,
-  per-token characters and a case/shape category, so the exported model takes
-  tokens and raw text;
-* represents each token by its word embedding, a character encoder (CNN + max
-  pool or char BiLSTM) and a case embedding, applies dropout and reads the
-  sentence with a BiLSTM stack, then scores every tag with a dense layer;
-* trains the emissions with a linear-chain CRF negative log-likelihood and
-  decodes with Viterbi (or ``--set decoder=softmax``: per-token cross-entropy
-  and argmax), batching sentences of similar length together;
-* reports span-level micro F1 (``seqeval``, strict IOB2, as conlleval) on the
-  validation and test splits with a per-type table and plot, and exports
-  ``serving_default(tokens) -> {tags}`` and ``tag_text(text) -> {tokens, tags}``.
+* reads CoNLL-2003 (local IOB1/IOB2 files, else tensorflow-datasets), converts
+  tags to IOB2 and builds word, char and tag vocabularies on train only;
+  ``--set embeddings=PATH`` adds a GloVe-style file's words and vectors;
+* featurises string tokens *inside* the model (``""`` = padding), so the export
+  takes tokens and raw text;
+* represents each token by its word embedding, a character encoder (CNN or
+  BiLSTM) and a case embedding, and reads the sentence with a BiLSTM stack;
+* trains with a linear-chain CRF (Viterbi decoding) or a per-token softmax;
+* reports span-level micro F1 (``seqeval``, strict IOB2) and entity calibration
+  (ECE) on validation and test, and exports ``serving_default(tokens)``,
+  ``tag_text(text)`` and, with a CRF, ``n_best(text, k)``.
 
-References: Tjong Kim Sang & De Meulder 2003 (the dataset); Lafferty et al. 2001
-(CRFs); Huang, Xu & Yu 2015, "Bidirectional LSTM-CRF Models for Sequence
-Tagging"; Lample et al. 2016, "Neural Architectures for Named Entity
-Recognition" (char BiLSTM); Ma & Hovy 2016, "End-to-end Sequence Labeling via
-Bi-directional LSTM-CNNs-CRF" (char CNN); Pennington et al. 2014 (GloVe).
+References: Tjong Kim Sang & De Meulder 2003; Lafferty et al. 2001 (CRFs); Huang,
+Xu & Yu 2015 (BiLSTM-CRF); Lample et al. 2016 (char BiLSTM); Ma & Hovy 2016
+(char CNN); Pennington et al. 2014 (GloVe).
 """
 
 from __future__ import annotations
@@ -40,13 +33,10 @@ import tensorflow as tf
 from rnnapps import text_ops, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import conll
-from rnnapps.data.embeddings import read_word_vectors, vector_file_words
-from rnnapps.errors import ConfigError
+from rnnapps.data.embeddings import vector_file_words
 from rnnapps.export import Endpoint
 from rnnapps.metrics import entity_calibration, entity_confidence, entity_spans, span_scores
-from rnnapps.models import RecurrentStack
-from rnnapps.models.char_encoder import CharWordEncoder
-from rnnapps.models.tagger import DECODERS, SequenceTagger, TokenFeatures
+from rnnapps.models.tagger import DECODERS, build_ner_tagger, predict_tags
 from rnnapps.pipelines.base import (
     DataInfo,
     Datasets,
@@ -113,12 +103,7 @@ class NerConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name, value, choices in (
-            ("decoder", self.decoder, DECODERS),
-            ("char_encoder", self.char_encoder, CHAR_ENCODERS),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        self.check_choices(decoder=DECODERS, char_encoder=CHAR_ENCODERS)
 
 
 def annotate(tokens: list[str], spans, confidence) -> str:
@@ -157,17 +142,8 @@ class NerPipeline(Pipeline):
                                for split in ("valid", "test")}}
         extra_words = vector_file_words(config.embeddings, normalise=text_ops.normalise_word) if config.embeddings else ()
         vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
-        word_vectors = None
-        if config.embeddings:
-            # Rows in the word lookup's order: padding, [UNK], then the vocabulary.
-            rows = [text_ops.PADDING, text_ops.OOV_TOKEN, *vocab.words]
-            word_vectors = read_word_vectors(config.embeddings, rows, seed=config.seed, normalise=text_ops.normalise_word)
-            width = word_vectors.shape[1]
-            if width != config.word_embedding_dim:
-                raise ConfigError(
-                    f"{config.embeddings} has {width}-dimensional vectors but word_embedding_dim="
-                    f"{config.word_embedding_dim}; add --set word_embedding_dim={width}"
-                )
+        word_vectors = conll.word_lookup_vectors(config.embeddings, vocab, config.word_embedding_dim,
+                                                 config.seed) if config.embeddings else None
         return Datasets(
             train=conll.tag_dataset(train, vocab, config.batch_size, True, config.seed),
             validation=conll.tag_dataset(splits["valid"], vocab, config.batch_size, False, config.seed),
@@ -182,55 +158,35 @@ class NerPipeline(Pipeline):
     def build_model(self, config: NerConfig, datasets: Datasets) -> keras.Model:
         vocab = datasets.info.vocabularies
         word_lookup, char_lookup, _ = conll.make_lookup_layers(vocab)
-        tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
-        words, chars, case_ids = TokenFeatures(max_chars=config.max_chars, name="token_features")(tokens)
-        word_embedding = keras.layers.Embedding(
-            word_lookup.vocabulary_size(), config.word_embedding_dim, mask_zero=True, name="word_embedding"
-        )
-        features = [
-            word_embedding(word_lookup(words)),
-            CharWordEncoder(
-                char_lookup.vocabulary_size(),
-                char_embedding_dim=config.char_embedding_dim,
-                mode=config.char_encoder,
-                units=config.char_units,
-                filters=config.char_filters,
-                kernel_size=config.char_kernel_size,
-                dropout=config.char_dropout,
-                seed=config.seed,
-                name="char_encoder",
-            )(char_lookup(chars)),
-            keras.layers.Embedding(
-                text_ops.NUM_CASE_CATEGORIES, config.case_embedding_dim, mask_zero=True, name="case_embedding"
-            )(case_ids),
-        ]
-        x = keras.layers.Concatenate(name="token_representation")(features)
-        if config.dropout:
-            x = keras.layers.Dropout(config.dropout, seed=config.seed, name="feature_dropout")(x)
-        x = RecurrentStack(
-            config.units,
+        model = build_ner_tagger(
+            word_lookup,
+            char_lookup,
+            vocab.tags,
+            word_embedding_dim=config.word_embedding_dim,
+            word_vectors=datasets.info.word_vectors,
+            char_embedding_dim=config.char_embedding_dim,
+            char_encoder=config.char_encoder,
+            char_units=config.char_units,
+            char_filters=config.char_filters,
+            char_kernel_size=config.char_kernel_size,
+            char_dropout=config.char_dropout,
+            case_embedding_dim=config.case_embedding_dim,
+            max_chars=config.max_chars,
             cell=config.cell,
+            units=config.units,
             depth=config.depth,
-            bidirectional=True,
             dropout=config.dropout,
             recurrent_dropout=config.recurrent_dropout,
-            return_sequences=True,
+            decoder=config.decoder,
             seed=config.seed,
-            name="encoder",
-        )(x)
-        if config.dropout:
-            x = keras.layers.Dropout(config.dropout, seed=config.seed + 1, name="output_dropout")(x)
-        # float32 emissions: the CRF and the softmax loss both want full precision.
-        emissions = keras.layers.Dense(vocab.num_tag_ids, dtype="float32", name="emissions")(x)
-        encoder = keras.Model(tokens, emissions, name="emission_model")
-        if datasets.info.word_vectors is not None:
-            word_embedding.set_weights([datasets.info.word_vectors])
-        model = SequenceTagger(encoder, vocab.tags, decoder=config.decoder, name="ner")
+            name="ner",
+        )
         model.compile(optimizer=training.make_optimizer(config))
         return model
 
     def extra_callbacks(self, model, datasets: Datasets, config, run_dir: Path) -> list:
-        return [ValidationSpanF1(datasets.validation)]
+        # seqeval span micro F1 on the validation split, each epoch (what `monitor` picks by).
+        return [training.EpochMetric("val_f1", lambda model: span_scores(*predict_tags(model, datasets.validation))["f1"])]
 
     def evaluate(self, model, datasets: Datasets, config, run_dir: Path) -> dict:
         from rnnapps import plots
@@ -288,41 +244,6 @@ class NerPipeline(Pipeline):
         if model.crf is not None:
             endpoints["n_best"] = Endpoint(n_best, [text_spec, tf.TensorSpec([], tf.int32, name="k")])
         return endpoints
-
-
-class ValidationSpanF1(keras.callbacks.Callback):
-    """Adds ``val_f1`` (seqeval span micro F1 on the validation split) to each epoch's logs."""
-
-    def __init__(self, dataset):
-        super().__init__()
-        self.dataset = dataset
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["val_f1"] = span_scores(*predict_tags(self.model, self.dataset))["f1"]
-
-
-def predict_tags(model, dataset, with_confidence: bool = False):
-    """Gold and predicted tag strings of every sentence of a ``(tokens, tag_ids)`` dataset.
-
-    With ``with_confidence``, also each sentence's token confidences (the CRF marginals of the
-    predicted tags, :meth:`SequenceTagger.tag_with_confidence`).
-    """
-    names = np.array([text_ops.PADDING, *model.tags], dtype=object)
-    decode = model.tag_ids_with_confidence if with_confidence else model.tag_ids
-    decode = tf.function(decode, reduce_retracing=True)
-    gold, predicted, confidences = [], [], []
-    for tokens, gold_ids in dataset:
-        decoded = decode(tokens)
-        predicted_ids, confidence = (decoded[0].numpy(), decoded[1].numpy()) if with_confidence else (decoded.numpy(), None)
-        gold_ids = gold_ids.numpy()
-        lengths = (tokens.numpy() != b"").sum(axis=1)
-        for row, length in enumerate(lengths):
-            gold.append(list(names[gold_ids[row, :length]]))
-            predicted.append(list(names[predicted_ids[row, :length]]))
-            if with_confidence:
-                confidences.append(confidence[row, :length])
-    return (gold, predicted, confidences) if with_confidence else (gold, predicted)
 
 
 @click.command("ner")

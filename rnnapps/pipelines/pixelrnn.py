@@ -44,14 +44,19 @@ import tensorflow as tf
 from rnnapps import image_plots, training
 from rnnapps.config import TrainingConfig
 from rnnapps.data.images import load_images, make_dataset
-from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, read_metadata
-from rnnapps.models.images import assert_same_shape, serving_image_batch, serving_images_to_float
+from rnnapps.models.images import (
+    assert_same_shape,
+    occlusion_mask,
+    serving_image_batch,
+    serving_images_to_float,
+)
 from rnnapps.models.pixel_rnn import (
     bernoulli_nll,
     build_pixel_rnn,
     complete_images,
     inpaint_numpy,
+    per_image_nll,
     sample_numpy,
 )
 from rnnapps.pipelines.base import (
@@ -120,13 +125,8 @@ class PixelRNNConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset={self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.binarize not in BINARIZE_MODES:
-            raise ConfigError(f"binarize={self.binarize!r}; choose one of {', '.join(BINARIZE_MODES)}")
-        for name in ("filters", "hidden_units", "row_lstm_layers", "output_units"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
+        self.check_choices(dataset=DATASETS, binarize=BINARIZE_MODES)
+        self.check_at_least(1, "filters", "hidden_units", "row_lstm_layers", "output_units")
 
 
 class PixelRNNPipeline(Pipeline):
@@ -228,43 +228,6 @@ class PixelRNNPipeline(Pipeline):
             "sample": Endpoint(sample, [tf.TensorSpec([], tf.int32, name="num"),
                                         tf.TensorSpec([], tf.int32, name="seed")]),
         }
-
-
-# --- evaluation (and the predict verb's occlusion masks) -------------------------------------
-
-def per_image_nll(model, dataset) -> np.ndarray:
-    """Negative log-likelihood in nats of every image of an ``(images, images)`` dataset."""
-    score = tf.function(lambda images: bernoulli_nll(images, model(images, training=False)), reduce_retracing=True)
-    return np.concatenate([score(images).numpy() for images, _ in dataset]).astype("float64")
-
-
-def occlusion_mask(shape, occlude: str, seed: int = 0) -> np.ndarray:
-    """uint8 mask (1 = known) for ``shape`` ``(N, H, W[, 1])``.
-
-    ``bottom``/``bottom-half``: the lower half hidden; ``right``/``right-half``: the
-    right half; ``random``: each pixel hidden with probability 1/2 (seeded);
-    ``box:r0,c0,r1,c1``: rows r0..r1-1 and columns c0..c1-1 hidden.
-    """
-    mask = np.ones(shape, dtype=np.uint8)
-    height, width = shape[1], shape[2]
-    kind = occlude.split("-")[0] if not occlude.startswith("box:") else "box"
-    if kind == "bottom":
-        mask[:, height // 2:] = 0
-    elif kind == "right":
-        mask[:, :, width // 2:] = 0
-    elif kind == "random":
-        mask = (np.random.default_rng(seed).random(shape) >= 0.5).astype(np.uint8)
-    elif kind == "box":
-        try:
-            r0, c0, r1, c1 = (int(value) for value in occlude[4:].split(","))
-        except ValueError:
-            raise ConfigError(f"--occlude {occlude!r}: expected box:r0,c0,r1,c1 with four integers") from None
-        if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
-            raise ConfigError(f"--occlude {occlude!r}: the box must lie inside the {height}x{width} image")
-        mask[:, r0:r1, c0:c1] = 0
-    else:
-        raise ConfigError(f"--occlude {occlude!r}: choose bottom, right, random or box:r0,c0,r1,c1")
-    return mask
 
 
 # --- the predict verb -------------------------------------------------------------------------

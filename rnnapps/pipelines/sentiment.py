@@ -19,7 +19,6 @@ Reference: Maas et al. 2011 (the dataset); Graves & Schmidhuber 2005 (BiLSTM).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,14 +30,16 @@ import tensorflow as tf
 from rnnapps import training
 from rnnapps.config import TrainingConfig
 from rnnapps.data import imdb
-from rnnapps.data.embeddings import read_word_vectors
-from rnnapps.data.sources import resolve_path
+from rnnapps.data.embeddings import optional_word_vectors
 from rnnapps.data.text import build_vocabulary, text_label_dataset
-from rnnapps.errors import ConfigError, DataNotFoundError
 from rnnapps.export import Endpoint
 from rnnapps.metrics import roc_auc
-from rnnapps.models import ClipSequenceLength, RecurrentStack, SequencePooling
-from rnnapps.models.attribution import integrated_gradients
+from rnnapps.models.classifier import (
+    build_review_classifier,
+    explain_function,
+    token_id_model,
+    xla_batch_buckets,
+)
 from rnnapps.pipelines.base import (
     DataInfo,
     Datasets,
@@ -51,7 +52,6 @@ from rnnapps.pipelines.base import (
     text_requests,
 )
 from rnnapps.request_limits import batch_at_most, guarded, text_length_at_most, text_request
-from rnnapps.text_ops import make_vectorizer
 from rnnapps.transfer import init_sentiment_from_autoencoder
 
 LABELS = ("negative", "positive")
@@ -107,8 +107,7 @@ class SentimentConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.explain_steps < 1:
-            raise ConfigError(f"explain_steps={self.explain_steps!r} must be at least 1")
+        self.check_at_least(1, "explain_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,20 +136,11 @@ class SentimentPipeline(Pipeline):
         val_texts, val_labels = (evaluation_subset(part, config.max_eval_examples) for part in (val_texts, val_labels))
         test_texts, test_labels = (evaluation_subset(part, config.max_eval_examples) for part in splits["test"])
         vocabulary = build_vocabulary(train_texts, config.vocab_size)
-        embedding_matrix = None
-        if config.embeddings:
-            try:
-                vectors_path = resolve_path(config.embeddings, data_dir)
-            except DataNotFoundError as error:
-                if not config.embeddings_optional:
-                    raise
-                warnings.warn(
-                    f"{error}; training the embedding from scratch, which cost about 3 points of test "
-                    "accuracy (docs/benchmarks.md). Put the file in the data directory, or --set embeddings=none.",
-                    stacklevel=2,
-                )
-            else:
-                embedding_matrix = read_word_vectors(vectors_path, vocabulary, seed=config.seed)
+        embedding_matrix = optional_word_vectors(
+            config.embeddings, data_dir, vocabulary, seed=config.seed, optional=config.embeddings_optional,
+            consequence="training the embedding from scratch, which cost about 3 points of test accuracy "
+            "(docs/benchmarks.md). Put the file in the data directory, or --set embeddings=none.",
+        ) if config.embeddings else None
         make = lambda texts, labels, shuffle: text_label_dataset(  # noqa: E731
             texts, labels, config.batch_size, config.max_length, config.bucket_width, shuffle, config.seed
         )
@@ -166,45 +156,26 @@ class SentimentPipeline(Pipeline):
         )
 
     def build_model(self, config: SentimentConfig, datasets: Datasets) -> keras.Model:
-        text = keras.Input(shape=(), dtype="string", name="text")
-        token_ids = make_vectorizer(datasets.info.vocabulary)(text)
-        token_ids = ClipSequenceLength(config.max_length, keep=config.truncation, name="clip_length")(token_ids)
-        matrix = datasets.info.embedding_matrix
-        embedding = keras.layers.Embedding(
-            len(datasets.info.vocabulary),
-            config.embedding_dim if matrix is None else matrix.shape[1],
-            mask_zero=True,
-            trainable=config.embeddings_trainable or matrix is None,
-            name="embedding",
-        )
-        x = embedding(token_ids)
-        if config.embedding_dropout:
-            x = keras.layers.SpatialDropout1D(config.embedding_dropout, seed=config.seed, name="embedding_dropout")(x)
-        pooled = config.pooling != "last"
-        x = RecurrentStack(
-            config.units,
+        model = build_review_classifier(
+            datasets.info.vocabulary,
+            max_length=config.max_length,
+            truncation=config.truncation,
+            embedding_dim=config.embedding_dim,
+            embedding_matrix=datasets.info.embedding_matrix,
+            embeddings_trainable=config.embeddings_trainable,
             cell=config.cell,
+            units=config.units,
             depth=config.depth,
             bidirectional=config.bidirectional,
+            pooling=config.pooling,
+            embedding_dropout=config.embedding_dropout,
             dropout=config.dropout,
             recurrent_dropout=config.recurrent_dropout,
             residual=config.residual,
-            return_sequences=pooled,
             seed=config.seed,
-            name="encoder",
-        )(x)
-        if pooled:
-            x = SequencePooling(tuple(config.pooling.split(",")), name="pooling")(x)
-        if config.dropout:
-            x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
-        # float32 output keeps the loss numerically safe under mixed precision.
-        probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
-        model = keras.Model(text, probability, name="sentiment")
-        if matrix is not None:
-            # set_weights, not a Constant initializer: that would copy the matrix into the config.
-            embedding.set_weights([matrix])
-        # What a transfer copied goes into metrics.json (evaluate), so a run records it: on the model
-        # it describes, not in the data step's info.
+        )
+        # What a transfer copied goes into metrics.json through build_record: on the model it
+        # describes, not in the data step's info.
         if config.init_from:
             model.transfer_report = init_sentiment_from_autoencoder(model, config.init_from)
         model.compile(
@@ -230,8 +201,11 @@ class SentimentPipeline(Pipeline):
             "test_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
             "test_examples": int(len(labels)),
             "confusion_matrix": matrix.tolist(),
-            **({"init_from": dataclasses.asdict(model.transfer_report)} if hasattr(model, "transfer_report") else {}),
         }
+
+    def build_record(self, model) -> dict:
+        report = getattr(model, "transfer_report", None)
+        return {"init_from": dataclasses.asdict(report)} if report is not None else {}
 
     def serving(self, model, config) -> dict[str, Endpoint]:
         """``serving_default`` runs anywhere; ``serving_xla`` is the same function compiled with XLA.
@@ -249,7 +223,7 @@ class SentimentPipeline(Pipeline):
         def classify(text):
             return outputs(model(text_request(text, config), training=False))
 
-        to_ids = keras.Model(model.input, model.get_layer("clip_length").output, name="to_ids")
+        to_ids = token_id_model(model)
         from_ids = keras.Model(model.get_layer("clip_length").output, model.output, name="from_ids")
         @tf.function(jit_compile=True)
         def compiled(ids):
@@ -259,6 +233,7 @@ class SentimentPipeline(Pipeline):
         # unchanged) and the batch to the next power of two. Batches over max_request_batch are
         # refused, so at most ceil(log2(max_request_batch)) + 1 programs are ever compiled.
         batch_buckets = tf.constant(xla_batch_buckets(config.max_request_batch), tf.int32)
+        explain = explain_function(model, config.explain_steps)
 
         def classify_xla(text):
             ids = to_ids(text_request(text, config), training=False)
@@ -270,59 +245,11 @@ class SentimentPipeline(Pipeline):
         return {
             "serving_default": Endpoint(classify, text_spec),
             "serving_xla": Endpoint(classify_xla, text_spec),
-            "explain": Endpoint(explainer(model, to_ids, config), text_spec),
+            "explain": Endpoint(lambda text: explain(guarded([
+                batch_at_most(text, "text", config.max_explain_batch, "max_explain_batch"),
+                text_length_at_most(text, "text", config.max_text_bytes, "max_text_bytes"),
+            ], text)), text_spec),
         }
-
-
-def explainer(model, to_ids, config: SentimentConfig):
-    """The ``explain`` signature: each token's integrated-gradients attribution to the review's logit.
-
-    The baseline is the padding token's embedding at every position the review
-    fills, read under the review's own mask, so the attributions of a review add
-    up to ``logit - baseline_logit`` (completeness) and padding gets none.
-    """
-    embedding, encoder, output = (model.get_layer(name) for name in ("embedding", "encoder", "probability"))
-    pooling = model.get_layer("pooling") if config.pooling != "last" else None
-    vectorizer = next(layer for layer in model.layers if isinstance(layer, keras.layers.TextVectorization))
-    vocabulary = tf.constant(vectorizer.get_vocabulary())
-
-    def logit_from_embedded(embedded, mask):
-        # The model after its embedding at inference (its dropout layers are the identity then).
-        hidden = encoder(embedded, mask=mask, training=False)
-        if pooling is not None:
-            hidden = pooling(hidden, mask=mask)
-        return tf.squeeze(tf.matmul(tf.cast(hidden, tf.float32), output.kernel) + output.bias, axis=-1)
-
-    def explain(text):
-        text = guarded([
-            batch_at_most(text, "text", config.max_explain_batch, "max_explain_batch"),
-            text_length_at_most(text, "text", config.max_text_bytes, "max_text_bytes"),
-        ], text)
-        ids = to_ids(text, training=False)
-        mask = tf.not_equal(ids, 0)
-        embedded, baseline = embedding(ids), embedding(tf.zeros_like(ids))
-        path_mask = tf.tile(mask, [config.explain_steps, 1])
-        attributions = integrated_gradients(
-            lambda points: logit_from_embedded(points, path_mask), embedded, baseline, config.explain_steps
-        )
-        logit = logit_from_embedded(embedded, mask)
-        return {
-            "probability": tf.sigmoid(logit),
-            "tokens": tf.where(mask, tf.gather(vocabulary, ids), ""),
-            "attributions": tf.where(mask, attributions, 0.0),
-            "logit": logit,
-            "baseline_logit": logit_from_embedded(baseline, mask),
-        }
-
-    return explain
-
-
-def xla_batch_buckets(max_request_batch: int) -> list[int]:
-    """The batch sizes ``serving_xla`` compiles: powers of two up to the first that holds ``max_request_batch``."""
-    buckets = [1]
-    while buckets[-1] < max_request_batch:
-        buckets.append(buckets[-1] * 2)
-    return buckets
 
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -357,44 +284,22 @@ def predict_command(texts, explain, html_path, png_path, model_path, export_dir)
       cut -f1 reviews.tsv | rnnapps predict sentiment --model saved_models/sentiment/3
       rnnapps predict sentiment --explain --html why.html "Dull plot, but a wonderful cast."
     """
+    from rnnapps import highlight
+
     if (html_path or png_path) and not explain:
         raise click.UsageError("--html and --png write the explanation: add --explain")
     texts = read_texts(texts)
     loaded, path = served_model("sentiment", model_path, export_dir)
     limits = export_limits(path, SentimentConfig)
     if explain:
-        _print_explanations(loaded, texts, limits, html_path, png_path)
+        highlight.print_explanations(loaded.signatures["explain"], text_requests(
+            texts, {**limits, "max_request_batch": limits["max_explain_batch"]}), LABELS, html_path, png_path)
         return
     for batch in text_requests(texts, limits):
         outputs = loaded.signatures["serving_default"](text=tf.constant(batch, tf.string))
         for text, label, probability in zip(batch, outputs["label"].numpy(), outputs["probability"].numpy(), strict=True):
             snippet = text if len(text) <= 70 else text[:67] + "..."
             click.echo(f"{label.decode()}\t{probability:.4f}\t{snippet}")
-
-
-def _print_explanations(loaded, texts, limits: dict, html_path: str | None, png_path: str | None = None) -> None:
-    """Each review's verdict, then its words with their attributions (a page or a picture too)."""
-    import sys
-
-    from rnnapps import highlight
-
-    show = highlight.ansi if sys.stdout.isatty() else highlight.plain
-    rows = []
-    for batch in text_requests(texts, {**limits, "max_request_batch": limits["max_explain_batch"]}):
-        outputs = loaded.signatures["explain"](text=tf.constant(batch, tf.string))
-        for text, probability, tokens, scores in zip(batch, outputs["probability"].numpy(), outputs["tokens"].numpy(),
-                                                     outputs["attributions"].numpy(), strict=True):
-            real = [index for index, token in enumerate(tokens) if token]
-            words, values = [tokens[index].decode() for index in real], [float(scores[index]) for index in real]
-            label = LABELS[int(probability >= 0.5)]
-            click.echo(f"{label}\t{probability:.4f}\t{show(words, values)}")
-            rows.append((text, label, float(probability), words, values))
-    if html_path:
-        Path(html_path).write_text(highlight.html_page(rows, "Why rnnapps judged these reviews so"), encoding="utf-8")
-        click.echo(f"explanation page: {html_path}", err=True)
-    if png_path:
-        highlight.picture([row[1:] for row in rows], png_path, title="Why rnnapps judged these reviews so")
-        click.echo(f"explanation picture: {png_path}", err=True)
 
 
 PIPELINE = SentimentPipeline()

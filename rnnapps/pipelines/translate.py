@@ -1,38 +1,26 @@
 """Neural machine translation: attention encoder–decoder, beam search, corpus BLEU.
 
-What it does, in five bullets:
+What it does, in five bullets (docs/translate.md has the details):
 
-* reads sentence pairs (Multi30k task 1, German→English by default, or Anki
-  Spanish→English with ``--set dataset=anki``) and builds source and target
-  vocabularies on train only with the project's one standardiser (lowercase,
-  punctuation split); the target vocabulary adds ``<s>`` and ``</s>``;
+* reads sentence pairs (Multi30k task 1 German→English, or Anki Spanish→English
+  with ``--set dataset=anki``) and builds both vocabularies on train only, the
+  target's with ``<s>`` and ``</s>``;
 * vectorises in ``tf.data`` (the model keeps its own source vectoriser, so the
-  export takes raw strings), drops training pairs longer than the length caps
-  and batches pairs of similar length together (bucketing);
-* embeds source tokens and reads them with a bidirectional GRU/LSTM stack; a
-  tanh bridge maps its final forward+backward states to the decoder's initial
-  state, and an attention decoder (Bahdanau or Luong scores, input feeding)
-  predicts each target token from the previous gold token (teacher forcing),
-  trained with masked cross-entropy, optional label smoothing and clipnorm;
-* translates with greedy search or beam search (GNMT length penalty) running
-  as graph loops, so the same code runs in evaluation and in the SavedModel;
-  ``[UNK]`` and ``<s>`` are never emitted, and the output is lightly
-  detokenised (no space before punctuation, hyphens rejoined);
-* reports corpus BLEU with ``sacrebleu`` on the test split (test2016 for
-  Multi30k) — lowercased, ``13a`` tokenisation, exponential smoothing (the
-  defaults), the raw references — for greedy and beam decoding, writes
-  attention heat maps of a few test sentences, and exports
-  ``serving_default(text) -> {translation}`` and
-  ``translate_with_attention(text) -> {translation, attention, source_tokens,
-  target_tokens}``.
+  export takes raw strings), drops over-long training pairs and buckets by length;
+* reads the source with a bidirectional GRU/LSTM stack; an attention decoder
+  (Bahdanau or Luong scores, input feeding) predicts each target token from the
+  previous gold one (teacher forcing, label smoothing, clipnorm);
+* translates with greedy or beam search (GNMT length penalty) as graph loops, so
+  evaluation and the SavedModel run the same code;
+* reports corpus BLEU with ``sacrebleu`` on the test split for greedy and beam
+  decoding, writes attention heat maps, and exports ``serving_default(text) ->
+  {translation}``, ``translate_with_attention``, ``translate_greedy`` and
+  ``translate_n_best``.
 
-References: Bahdanau, Cho & Bengio 2015, "Neural Machine Translation by Jointly
-Learning to Align and Translate"; Luong, Pham & Manning 2015, "Effective
-Approaches to Attention-based Neural Machine Translation" (input feeding);
-Wu et al. 2016, "Google's Neural Machine Translation System" (length penalty);
-Szegedy et al. 2016 (label smoothing); Elliott et al. 2016, "Multi30K";
-Papineni et al. 2002 (BLEU) and Post 2018, "A Call for Clarity in Reporting
-BLEU Scores" (sacrebleu).
+References: Bahdanau, Cho & Bengio 2015; Luong, Pham & Manning 2015 (input
+feeding); Wu et al. 2016, GNMT (length penalty); Szegedy et al. 2016 (label
+smoothing); Elliott et al. 2016, "Multi30K"; Papineni et al. 2002 (BLEU) and
+Post 2018 (sacrebleu).
 """
 
 from __future__ import annotations
@@ -44,19 +32,18 @@ from typing import ClassVar
 
 import click
 import keras
-import numpy as np
 import tensorflow as tf
 
 from rnnapps import training
 from rnnapps.config import TrainingConfig
 from rnnapps.data.parallel_text import DATASETS, load_parallel_corpus
-from rnnapps.data.text import bucket_boundaries, build_vocabulary
+from rnnapps.data.text import build_vocabulary, pair_id_dataset
 from rnnapps.errors import ConfigError
 from rnnapps.export import Endpoint, load_export, read_metadata
 from rnnapps.metrics import BLEU_SETTINGS, corpus_bleu
 from rnnapps.models.attention_decoder import ATTENTION_TYPES, DECODER_CELL_TYPES
 from rnnapps.models.seq2seq import teacher_forcing_pairs, with_markers
-from rnnapps.models.translator import Translator
+from rnnapps.models.translator import Translator, translate_texts
 from rnnapps.pipelines.base import (
     DataInfo,
     Datasets,
@@ -66,13 +53,12 @@ from rnnapps.pipelines.base import (
     export_options,
     export_path,
     read_texts,
+    run_keras_model,
     text_requests,
 )
 from rnnapps.request_limits import text_request
-from rnnapps.text_ops import make_vectorizer, token_counts
+from rnnapps.text_ops import make_vectorizer
 
-# Sentences translated per call in evaluation.
-EVALUATION_BATCH = 100
 # Test sentences whose attention is plotted.
 PLOTTED_SENTENCES = 3
 
@@ -122,19 +108,11 @@ class TranslateConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name, value, choices in (
-            ("dataset", self.dataset, DATASETS),
-            ("cell", self.cell, DECODER_CELL_TYPES),
-            ("attention", self.attention, ATTENTION_TYPES),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
-        for name in ("source_vocab_size", "target_vocab_size", "max_source_length", "max_target_length",
-                     "embedding_dim", "units", "encoder_depth", "beam_width", "max_decode_length", "bucket_width"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        self.check_choices(dataset=DATASETS, cell=DECODER_CELL_TYPES, attention=ATTENTION_TYPES)
+        self.check_at_least(1, "source_vocab_size", "target_vocab_size", "max_source_length", "max_target_length",
+                            "embedding_dim", "units", "encoder_depth", "beam_width", "max_decode_length",
+                            "bucket_width")
+        self.check_rates("label_smoothing")
         if self.length_penalty < 0:
             raise ConfigError(f"length_penalty={self.length_penalty!r} must be >= 0")
 
@@ -151,68 +129,18 @@ def target_vocabulary(texts, max_tokens: int) -> list[str]:
 
 
 def pair_dataset(pairs, source_vectorizer, target_vectorizer, config: TranslateConfig, training: bool) -> tf.data.Dataset:
-    """``({"source", "target"}, labels)`` batches of similar length: cache → shuffle → bucket → vectorise → prefetch."""
-    sources = [source for source, _ in pairs]
-    targets = [target for _, target in pairs]
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((sources, targets))
-        .batch(1024)
-        .map(lambda s, t: (s, t, token_counts(s), token_counts(t)), tf.data.AUTOTUNE)
-        .unbatch()
-    )
-    if training:
-        # Length filtering: long pairs cost the most padded steps and teach the least.
-        dataset = dataset.filter(
-            lambda s, t, ls, lt: (ls <= config.max_source_length) & (lt <= config.max_target_length)
-        )
-    dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(len(pairs), seed=config.seed, reshuffle_each_iteration=True)
-    longest = max(config.max_source_length, config.max_target_length)
-    boundaries = bucket_boundaries(longest, config.bucket_width)
-    dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda s, t, ls, lt: tf.maximum(ls, lt),
-        bucket_boundaries=boundaries,
-        bucket_batch_sizes=[config.batch_size] * (len(boundaries) + 1),
-        no_padding=True,
-    )
+    """``({"source", "target"}, labels)`` batches of similar length (:func:`rnnapps.data.text.pair_id_dataset`)."""
+    dataset = pair_id_dataset(pairs, source_vectorizer, target_vectorizer, config.batch_size, config.max_source_length,
+                              config.max_target_length, config.bucket_width, training, config.seed)
 
-    def vectorize(source, target, source_length, target_length):
-        source_ids = tf.cast(source_vectorizer(source)[:, : config.max_source_length], tf.int32)
-        source_ids = tf.pad(source_ids, [[0, 0], [0, tf.maximum(1 - tf.shape(source_ids)[1], 0)]])
-        decoder_input, labels = teacher_forcing_pairs(target_vectorizer(target), config.max_target_length)
+    def teacher_forcing(source_ids, target_ids):
+        decoder_input, labels = teacher_forcing_pairs(target_ids, config.max_target_length)
         return {"source": source_ids, "target": decoder_input}, labels
 
-    return dataset.map(vectorize, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(teacher_forcing, tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # --- the pipeline ----------------------------------------------------------------------------
-
-def translate_texts(model: Translator, texts, beam_width: int, batch_size: int = EVALUATION_BATCH) -> list[str]:
-    """Translations of a list of strings, in batches, through one traced function."""
-    function = tf.function(
-        lambda text: model.translate(text, beam_width=beam_width)["translation"],
-        input_signature=[tf.TensorSpec([None], tf.string)],
-    )
-    translations = []
-    for start in range(0, len(texts), batch_size):
-        batch = function(tf.constant(list(texts[start : start + batch_size])))
-        translations.extend(item.decode("utf-8") for item in batch.numpy())
-    return translations
-
-
-def plot_attention(outputs: dict, index: int, path, title: str = "") -> Path:
-    """The heat map of sentence ``index`` of :meth:`Translator.translate`'s outputs (target × source tokens)."""
-    from rnnapps import plots
-
-    def strings(row):
-        return [token.decode("utf-8") for token in np.asarray(row) if token]
-
-    source = strings(outputs["source_tokens"][index]) or ["(empty)"]
-    target = strings(outputs["target_tokens"][index]) or ["(empty)"]
-    weights = np.asarray(outputs["attention"][index])[: len(target), : len(source)]
-    return plots.heatmap(weights, target, source, path, title=title)
-
 
 @dataclasses.dataclass(frozen=True)
 class TranslateData(DataInfo):
@@ -277,6 +205,8 @@ class TranslatePipeline(Pipeline):
         return model
 
     def evaluate(self, model: Translator, datasets: Datasets, config: TranslateConfig, run_dir: Path) -> dict:
+        from rnnapps import plots
+
         pairs = datasets.info.test_pairs
         sources = [source for source, _ in pairs]
         references = [target for _, target in pairs]
@@ -296,7 +226,7 @@ class TranslatePipeline(Pipeline):
         plotted = sources[:PLOTTED_SENTENCES]
         outputs = {key: value.numpy() for key, value in model.translate(tf.constant(plotted)).items()}
         metrics["attention_plots"] = [
-            str(plot_attention(outputs, index, run_dir / f"attention_{index}.png", title=plotted[index][:60]))
+            str(plots.attention_map(outputs, index, run_dir / f"attention_{index}.png", title=plotted[index][:60]))
             for index in range(len(plotted))
         ]
         return metrics
@@ -307,35 +237,21 @@ class TranslatePipeline(Pipeline):
         def translate(text):
             return {"translation": model.translate(text_request(text, config))["translation"]}
 
-        def translate_with_attention(text):
-            outputs = model.translate(text_request(text, config))
-            return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
-
-        def translate_greedy(text):
-            outputs = model.translate(text_request(text, config), beam_width=1)
-            return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
+        def attended(beam_width=None):
+            def translate_and_show(text):
+                outputs = model.translate(text_request(text, config), beam_width=beam_width)
+                return {key: outputs[key] for key in ("translation", "attention", "source_tokens", "target_tokens")}
+            return translate_and_show
 
         def translate_n_best(text):
             return model.translate_n_best(text_request(text, config))
 
         return {
             "serving_default": Endpoint(translate, text_spec),
-            "translate_with_attention": Endpoint(translate_with_attention, text_spec),
-            "translate_greedy": Endpoint(translate_greedy, text_spec),
+            "translate_with_attention": Endpoint(attended(), text_spec),
+            "translate_greedy": Endpoint(attended(beam_width=1), text_spec),
             "translate_n_best": Endpoint(translate_n_best, text_spec),
         }
-
-
-def _keras_model_for(model_path: Path):
-    """The Keras model behind an export (its run's ``model.keras``), for beam widths the export lacks."""
-    run_dir = read_metadata(model_path).get("run_dir")
-    keras_file = Path(run_dir) / "model.keras" if run_dir else None
-    if keras_file is None or not keras_file.exists():
-        raise click.ClickException(
-            f"--beam-width needs the Keras model of the run that made {str(model_path)!r} "
-            f"({keras_file or 'no run recorded'} not found); omit --beam-width to use the exported beam width"
-        )
-    return keras.saving.load_model(keras_file)
 
 
 @click.command("translate")
@@ -363,7 +279,7 @@ def predict_command(texts, plot_path, beam_width, n_best, model_path, export_dir
         _print_n_best(texts, n_best, beam_width, exported_width, model_path)
         return
     if beam_width is not None and beam_width not in (1, exported_width):
-        model = _keras_model_for(model_path)
+        model = run_keras_model(model_path, "--beam-width", "omit --beam-width to use the exported beam width")
 
         def translate_batch(batch):
             return model.translate(batch, beam_width=beam_width)
@@ -378,7 +294,9 @@ def predict_command(texts, plot_path, beam_width, n_best, model_path, export_dir
         for translation in outputs["translation"]:
             click.echo(translation.decode("utf-8"))
         if plot_path and index == 0:
-            plot_attention(outputs, 0, plot_path, title=texts[0][:60])
+            from rnnapps import plots
+
+            plots.attention_map(outputs, 0, plot_path, title=texts[0][:60])
             click.echo(f"attention plot: {plot_path}", err=True)
 
 

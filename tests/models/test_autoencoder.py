@@ -13,13 +13,9 @@ from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.data.text import build_vocabulary
 from rnnapps.errors import ConfigError
-from rnnapps.models.autoencoder import Seq2SeqAutoencoder
+from rnnapps.models.autoencoder import Seq2SeqAutoencoder, reconstruction_metrics
 from rnnapps.models.seq2seq import END_ID, START_ID, teacher_forcing_pairs, with_markers
-from rnnapps.pipelines.autoencoder import (
-    PIPELINE,
-    AutoencoderConfig,
-    reconstruction_metrics,
-)
+from rnnapps.pipelines.autoencoder import PIPELINE, AutoencoderConfig
 from rnnapps.plots import principal_components
 from rnnapps.text_ops import detokenize
 from rnnapps.transfer import describe_encoder, init_sentiment_from_autoencoder
@@ -330,6 +326,9 @@ def test_a_sentiment_run_records_what_the_transfer_copied(smoke_run, tmp_path):
     recorded = json.loads((run.run_dir / "metrics.json").read_text())["init_from"]
     assert recorded["source"] == str(result.run_dir / "model.keras")
     assert recorded["coverage"] == 1.0 and recorded["encoder_weights_copied"] == 6
+    # A later evaluation of the run scores a reloaded model.keras, which holds no transfer report:
+    # the run's build record still goes into its metrics (the multi-worker chief's case too).
+    assert runner.evaluate("sentiment", run_dir=str(run.run_dir), data_dir=str(FIXTURE_DATA))["init_from"] == recorded
 
 
 def test_transfer_remaps_a_partly_shared_vocabulary(sentiment, tmp_path):

@@ -11,9 +11,10 @@ from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
 from rnnapps.export import load_export
+from rnnapps.models.images import occlusion_mask
 from rnnapps.models.pixel_rnn import bernoulli_nll
 from rnnapps.pipelines.base import Datasets, ImageData
-from rnnapps.pipelines.pixelrnn import PIPELINE, PixelRNNConfig, occlusion_mask
+from rnnapps.pipelines.pixelrnn import PIPELINE, PixelRNNConfig
 from tests.conftest import FIXTURE_DATA
 
 

@@ -242,7 +242,7 @@ def test_eight_threads_get_the_single_threaded_answers(pipeline, served):
 
 
 def test_xla_batches_are_padded_to_a_bounded_set_of_buckets():
-    from rnnapps.pipelines.sentiment import xla_batch_buckets
+    from rnnapps.models.classifier import xla_batch_buckets
 
     assert xla_batch_buckets(1024) == [2**k for k in range(11)]
     assert xla_batch_buckets(1000)[-1] == 1024 and xla_batch_buckets(1) == [1]
