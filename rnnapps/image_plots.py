@@ -94,7 +94,8 @@ def write_inpainting_grid(originals, known, completions, path, scale: int = 2) -
 
 
 def write_grid_animation(
-    frames, path, columns: int = 8, scale: int = 2, frame_ms: int = 120, hold_last_ms: int = 1500
+    frames, path, columns: int = 8, scale: int = 2, frame_ms: int = 120, hold_last_ms: int = 1500,
+    boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = (),
 ) -> Path:
     """Write an animated GIF whose frame ``t`` is the grid of ``frames[:, t]``.
 
@@ -106,18 +107,65 @@ def write_grid_animation(
         frame_ms: display time of every frame.
         hold_last_ms: display time of the last frame, so the result is seen
             before the animation loops.
+        boxes: ``(corners, rgb)`` pairs: ``corners`` ``(N, T, 4)`` are ``(x0, y0, x1, y1)`` in
+            0-based pixel coordinates of each image, drawn as an ``rgb`` rectangle on image ``n``
+            in frame ``t`` (DRAW's read and write grids); parts outside the image are clipped.
     """
     frames = to_uint8(frames)
     if frames.ndim != 5 or frames.shape[1] == 0:
         raise ValueError(f"Expected frames (N, T, H, W, C) with T >= 1. Received: shape={frames.shape}")
+    for corners, _ in boxes:
+        if np.shape(corners) != frames.shape[:2] + (4,):
+            raise ValueError(f"Expected box corners {frames.shape[:2] + (4,)}. Received: shape={np.shape(corners)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pictures = [_pillow_image(tile_images(frames[:, step], columns, scale)) for step in range(frames.shape[1])]
+    pictures = []
+    for step in range(frames.shape[1]):
+        picture = _pillow_image(tile_images(frames[:, step], columns, scale))
+        if boxes:
+            picture = _draw_boxes(picture.convert("RGB"), [(corners[:, step], rgb) for corners, rgb in boxes],
+                                  frames.shape[2:4], min(columns, len(frames)), scale)
+        pictures.append(picture)
     durations = [frame_ms] * (len(pictures) - 1) + [hold_last_ms]
     pictures[0].save(
         path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False
     )
     return path
+
+
+#: outline colours of DRAW's read and write grids in :func:`write_attention_animation`
+READ_BOX_RGB, WRITE_BOX_RGB = (0, 200, 0), (230, 0, 0)
+
+
+def write_attention_animation(trace: dict, path, columns: int = 8, scale: int = 3, frame_ms: int = 250) -> Path:
+    """A GIF of images being redrawn step by step, with where each step read (green) and wrote (red).
+
+    Args:
+        trace: ``DrawModel.attention_trace``'s outputs: ``canvases`` ``(N, T, H, W, C)`` and
+            ``read_boxes``/``write_boxes`` ``(N, T, 4)`` (either may be None: no such attention).
+        path, columns, scale, frame_ms: as in :func:`write_grid_animation`.
+    """
+    boxes = [(np.asarray(trace[key]), rgb) for key, rgb in (("read_boxes", READ_BOX_RGB),
+                                                              ("write_boxes", WRITE_BOX_RGB)) if trace[key] is not None]
+    return write_grid_animation(np.asarray(trace["canvases"]), path, columns=columns, scale=scale,
+                                frame_ms=frame_ms, boxes=boxes)
+
+
+def _draw_boxes(picture, boxes, image_size: tuple[int, int], columns: int, scale: int, gutter: int = 2):
+    """Rectangles on the tiles of a :func:`tile_images` picture (same layout), clipped to each tile."""
+    from PIL import ImageDraw
+
+    height, width = image_size
+    draw = ImageDraw.Draw(picture)
+    for corners, rgb in boxes:
+        for index, (x0, y0, x1, y1) in enumerate(np.asarray(corners, dtype="float64")):
+            top = gutter + (index // columns) * (height + gutter)
+            left = gutter + (index % columns) * (width + gutter)
+            x0, x1 = np.clip([x0, x1], 0, width - 1)
+            y0, y1 = np.clip([y0, y1], 0, height - 1)
+            draw.rectangle([(left + x0) * scale, (top + y0) * scale, (left + x1 + 1) * scale - 1,
+                            (top + y1 + 1) * scale - 1], outline=tuple(rgb))
+    return picture
 
 
 def write_step_bars(values: Sequence[float], path, title: str = "", ylabel: str = "", xlabel: str = "step") -> Path:

@@ -178,6 +178,21 @@ class _GridAttentionHead(keras.layers.Layer):
         )
         return ops.cast(filter_x, self.compute_dtype), ops.cast(filter_y, self.compute_dtype), log_gamma
 
+    def grid_boxes(self, decoder_state):
+        """Where this step's grid looks: float32 ``(batch, 4)`` corners ``(x0, y0, x1, y1)``.
+
+        0-based pixel coordinates of the outermost filter centres (the span of the ``N × N``
+        grid, as the paper's figures draw it); may reach outside the image.
+        """
+        parameters = ops.cast(self.attention_projection(decoder_state), "float32")
+        center_x = (self.image_width + 1) / 2.0 * (parameters[:, 0] + 1.0)
+        center_y = (self.image_height + 1) / 2.0 * (parameters[:, 1] + 1.0)
+        stride_scale = (max(self.image_height, self.image_width) - 1) / max(self.glimpse_size - 1, 1)
+        half = (self.glimpse_size - 1) / 2.0 * ops.exp(parameters[:, 3]) * (stride_scale if stride_scale > 0 else 1.0)
+        # The filterbanks count pixels from 1 (gaussian_filterbanks); pictures count from 0.
+        return ops.stack([center_x - half - 1.0, center_y - half - 1.0, center_x + half - 1.0,
+                          center_y + half - 1.0], axis=-1)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -739,6 +754,39 @@ class DrawModel(keras.Model):
         outputs = self._forward(images, noise, training=False)
         reconstruction, kl = self.loss_terms(images, outputs)
         return ops.sigmoid(ops.cast(outputs["canvas_logits"], "float32")), reconstruction + kl
+
+    def attention_trace(self, images, seed=0):
+        """Reconstruct ``images`` step by step, recording where each step read and wrote.
+
+        Returns:
+            ``{"canvases", "read_boxes", "write_boxes"}``: canvas probabilities after every step
+            ``(batch, steps, H, W, C)`` (those of :meth:`reconstruct` with the same seed), and
+            the read grid of each step (placed from the previous decoder state) and its write
+            grid, ``(batch, steps, 4)`` corners ``(x0, y0, x1, y1)`` in pixels
+            (:meth:`AttentionReader.grid_boxes`); a box is None without that attention.
+            Eager, one step at a time: for pictures, not for serving.
+        """
+        if not self.built:
+            self.build()
+        cell = self.draw_cell
+        images = ops.cast(images, "float32")
+        batch = ops.shape(images)[0]
+        noise = cell.sample_noise(batch, self.steps, seed)
+        flat = ops.cast(ops.reshape(images, (batch, -1)), cell.compute_dtype)
+        states = cell.get_initial_state(batch)
+        canvases, reads, writes = [], [], []
+        for step in range(self.steps):
+            if cell.read_attention:
+                reads.append(cell.reader.grid_boxes(states[2]))
+            _, states = cell(ops.concatenate([flat, ops.cast(noise[:, step], flat.dtype)], axis=-1), states)
+            if cell.write_attention:
+                writes.append(cell.writer.grid_boxes(states[2]))
+            canvases.append(ops.sigmoid(ops.cast(states[4], "float32")))
+        return {
+            "canvases": ops.reshape(ops.stack(canvases, axis=1), (batch, self.steps) + self.image_shape),
+            "read_boxes": ops.stack(reads, axis=1) if reads else None,
+            "write_boxes": ops.stack(writes, axis=1) if writes else None,
+        }
 
     def kl_per_step(self, images, seed=None):
         """``KL(q(z_t) ‖ N(0, I))`` per image and step, float32 ``(batch, steps)``."""

@@ -110,14 +110,16 @@ class DrawConfig(TrainingConfig):
         "smoke": dict(epochs=2, batch_size=4, learning_rate=3e-3, steps=3, read_glimpse_size=2, write_glimpse_size=3,
                       encoder_units=8, decoder_units=8, latent_size=4, early_stopping_patience=0, sample_examples=4,
                       reconstruct_examples=2, max_train_examples=256, max_eval_examples=128),
-        # Sized for binarized MNIST on 2 CPU cores (the benchmark): T=16 instead of 64, the paper's units,
-        # and the paper's no-attention variant. With only 16 glimpses the paper's 2x2 read grid sees
-        # too little of the image: after 400 steps the validation bound was 168 nats with read 8 or
-        # 12, and 182 (600 steps) with read 2, against 130 without attention, which is also faster
-        # per step (docs/draw.md). Up to 30 x 500 steps, annealed, inside a 50-minute budget.
-        "cpu": dict(epochs=30, batch_size=64, steps_per_epoch=500, steps=16, encoder_units=256, decoder_units=256,
-                    latent_size=100, attention=False, learning_rate=1e-3, learning_rate_decay=0.92,
-                    early_stopping_patience=0, max_validation_examples=2000, time_budget_minutes=50.0),
+        # Sized for binarized MNIST on 2 CPU cores (the benchmark): T=16 instead of 64, the paper's
+        # units, read/write attention with an 8x8 read and a 20x20 write grid. The paper's 2x2 read sees
+        # too little in 16 glimpses (182 nats after 600 steps) and a 5x5 write paints too little; in
+        # 4-minute probes (docs/draw.md) read 8 / write 20 reached 128 nats after 700 steps, level with
+        # no attention per minute (125 after 600), cheaper per step. Up to 40 x 500 steps, annealed,
+        # inside a 50-minute budget.
+        "cpu": dict(epochs=40, batch_size=64, steps_per_epoch=500, steps=16, encoder_units=256, decoder_units=256,
+                    latent_size=100, attention=True, read_glimpse_size=8, write_glimpse_size=20,
+                    learning_rate=1e-3, learning_rate_decay=0.92, early_stopping_patience=0,
+                    max_validation_examples=2000, time_budget_minutes=50.0),
         # The paper's model (T=64, 256-unit LSTMs, 100-d latents, paper glimpses), for a GPU.
         "full": dict(epochs=100, batch_size=64, steps=64, encoder_units=256, decoder_units=256, latent_size=100,
                      learning_rate=1e-3, early_stopping_patience=10),
@@ -210,6 +212,9 @@ class DrawPipeline(Pipeline):
                 pairs = [block for start in range(0, len(originals), columns)
                          for block in (floats[start:start + columns], final[start:start + columns])]
                 image_plots.write_image_grid(np.concatenate(pairs), run_dir / "reconstructions.png", columns=columns)
+                if config.attention:
+                    metrics["attention_animation"] = str(image_plots.write_attention_animation(
+                        model.attention_trace(floats, seed=config.seed), run_dir / "attention.gif", columns=columns))
         if config.sample_examples > 0:
             canvases = np.asarray(model.generate(config.sample_examples, seed=config.seed))
             columns = min(8, config.sample_examples)

@@ -315,3 +315,40 @@ def test_model_keras_loads_with_rnnapps_models_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     canvases, bound = (np.asarray(part) for part in json.loads(done.stdout.splitlines()[-1]))
     assert_all_close([canvases, bound], model.reconstruct(images, seed=9), atol=1e-5)
+
+
+def test_grid_boxes_span_the_filter_centres():
+    state = np.zeros((1, 4), "float32")
+    writer = AttentionWriter(5, 9, 13)
+    writer.build(state.shape)
+    # Centred, unit stride scale: the grid spans the longer side (12 pixels) on both axes, centred.
+    set_attention(writer, log_variance=0.0)
+    np.testing.assert_allclose(writer.grid_boxes(state), [[0.0, -2.0, 12.0, 10.0]], atol=1e-5)
+    # Half the stride, moved right: half the span, centred at g_X = (W + 1) / 2 * 1.5 pixels (1-based).
+    set_attention(writer, log_variance=0.0, glimpse_parameters=(0.5, 0.0), log_stride=math.log(0.5))
+    x0, y0, x1, y1 = np.asarray(writer.grid_boxes(state))[0]
+    assert x1 - x0 == pytest.approx(6.0) and y1 - y0 == pytest.approx(6.0)
+    assert (x0 + x1) / 2 == pytest.approx(0.75 * 14 - 1) and (y0 + y1) / 2 == pytest.approx(4.0)
+    # The read grid's box agrees with its filterbank: the first and last filter rows peak at its corners.
+    reader = AttentionReader(4, 9, 13)
+    reader.build((None, 9, 13, 1), (None, 9, 13, 1), state.shape)
+    set_attention(reader, log_variance=math.log(0.01), glimpse_parameters=(-0.2, -0.1), log_stride=math.log(0.5))
+    filter_x, filter_y, _ = reader.filterbanks(state)
+    x0, y0, x1, y1 = np.asarray(reader.grid_boxes(state))[0]
+    assert np.argmax(filter_x[0, 0]) == round(x0) and np.argmax(filter_x[0, -1]) == round(x1)
+    assert np.argmax(filter_y[0, 0]) == round(y0) and np.argmax(filter_y[0, -1]) == round(y1)
+
+
+def test_attention_trace_redraws_as_reconstruct_and_records_both_grids():
+    model = DrawModel((8, 8, 1), seed=7, **TINY)
+    images = binary_images(count=2)
+    trace = model.attention_trace(images, seed=5)
+    canvases, _ = model.reconstruct(images, seed=5)
+    np.testing.assert_allclose(trace["canvases"], canvases, atol=1e-5)
+    assert tuple(trace["read_boxes"].shape) == (2, 3, 4) and tuple(trace["write_boxes"].shape) == (2, 3, 4)
+    # The grids move with the state: not one box for every step.
+    assert not np.allclose(trace["write_boxes"][:, 0], trace["write_boxes"][:, -1])
+    plain = DrawModel((8, 8, 1), seed=7, attention=False, **TINY)
+    plain_trace = plain.attention_trace(images, seed=5)
+    assert plain_trace["read_boxes"] is None and plain_trace["write_boxes"] is None
+    np.testing.assert_allclose(plain_trace["canvases"], plain.reconstruct(images, seed=5)[0], atol=1e-5)

@@ -15,7 +15,7 @@ from rnnapps.config import resolve_config
 from rnnapps.data import sources
 from rnnapps.errors import ConfigError, DataNotFoundError
 from rnnapps.export import load_export
-from rnnapps.image_plots import tile_images, write_grid_animation
+from rnnapps.image_plots import READ_BOX_RGB, WRITE_BOX_RGB, tile_images, write_grid_animation
 from rnnapps.pipelines.draw import DrawConfig
 from rnnapps.runner import run
 from tests.conftest import FIXTURE_DATA
@@ -64,6 +64,17 @@ def test_smoke_run_reports_bound_and_pictures(dataset, request):
         assert (result.run_dir / picture).stat().st_size > 0, picture
     with Image.open(result.run_dir / "canvas.gif") as gif:
         assert gif.n_frames == SMOKE_STEPS
+    # With attention, the reconstructions are also animated with their read and write boxes.
+    if result.config.attention:
+        assert metrics["attention_animation"] == str(result.run_dir / "attention.gif")
+        with Image.open(result.run_dir / "attention.gif") as gif:
+            assert gif.n_frames == SMOKE_STEPS
+            frames = [np.asarray(gif.convert("RGB"), "int32") for frame in range(gif.n_frames) if not gif.seek(frame)]
+        # The GIF palette may shift a colour a little: look for pixels near each box colour.
+        for rgb in (READ_BOX_RGB, WRITE_BOX_RGB):
+            assert any((np.abs(frame - rgb).max(axis=-1) < 40).any() for frame in frames), rgb
+    else:
+        assert "attention_animation" not in metrics and not (result.run_dir / "attention.gif").exists()
     assert (result.run_dir / "model.keras").exists()
 
 
@@ -134,6 +145,8 @@ def test_config_presets_and_errors():
     assert smoke.dataset == "svhn" and smoke.glimpse_sizes == (2, 3)
     assert resolve_config(DrawConfig, "full").glimpse_sizes == (12, 12)
     assert resolve_config(DrawConfig, "full", set_options={"dataset": "binarized_mnist"}).glimpse_sizes == (2, 5)
+    cpu = resolve_config(DrawConfig, "cpu", set_options={"dataset": "binarized_mnist"})
+    assert cpu.attention is True and cpu.glimpse_sizes == (8, 20)  # the measured model draws with attention
     with pytest.raises(ConfigError, match="dataset='cifar'"):
         resolve_config(DrawConfig, "smoke", set_options={"dataset": "cifar"})
     with pytest.raises(ConfigError, match="likelihood='logistic' is not implemented"):
@@ -155,3 +168,17 @@ def test_image_grid_and_animation_helpers(tmp_path):
         assert gif.n_frames == 4
     with pytest.raises(ValueError, match="frames"):
         write_grid_animation(np.zeros((2, 6, 6, 3)), tmp_path / "b.gif")
+    # A box is an outline on its own tile, clipped to the image: tile 1 of a 2-column grid, scale 1.
+    boxes = np.zeros((2, 4, 4)) + [[[0.0, 0.0, 0.0, 0.0]], [[1.0, 2.0, 3.0, 99.0]]]
+    path = write_grid_animation(np.zeros((2, 4, 6, 6, 1), np.uint8), tmp_path / "c.gif", columns=2, scale=1,
+                                boxes=[(boxes, (255, 0, 0))])
+    with Image.open(path) as gif:
+        picture = np.asarray(gif.convert("RGB"))
+    left, top = 2 + 6 + 2, 2  # the second tile's corner (gutter 2)
+    red = np.argwhere((picture == [255, 0, 0]).all(axis=-1))
+    red = red[red[:, 1] >= left]  # tile 1's box
+    assert red[:, 1].min() == left + 1 and red[:, 1].max() == left + 3  # x from 1 to 3
+    assert red[:, 0].min() == top + 2 and red[:, 0].max() == top + 5  # y from 2 to the clipped bottom row
+    assert picture[2, 2].tolist() == [255, 0, 0]  # tile 0's one-pixel box
+    with pytest.raises(ValueError, match="box corners"):
+        write_grid_animation(np.zeros((2, 4, 6, 6, 1)), tmp_path / "d.gif", boxes=[(np.zeros((2, 3, 4)), (0, 0, 0))])
