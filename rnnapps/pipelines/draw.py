@@ -198,7 +198,8 @@ class DrawPipeline(Pipeline):
         }
         test_images = datasets.info.test_images
         if test_images is not None and len(test_images):
-            originals = test_images[: max(config.reconstruct_examples, 1)]
+            # Spread over the split: a test split sorted by class would otherwise show one digit.
+            originals = evaluation_subset(test_images, max(config.reconstruct_examples, 1))
             floats = _to_unit_interval(originals, datasets.info.binary)
             kl = np.asarray(model.kl_per_step(floats, seed=config.seed)).mean(axis=0)
             metrics["test_kl_per_step_nats"] = [round(float(value), 4) for value in kl]
