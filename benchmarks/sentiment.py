@@ -139,7 +139,7 @@ def run_serving(export_path: str, texts) -> dict:
     singles = [texts[i] for i in rng.integers(0, len(texts), size=300)]
     batch = tf.constant([texts[i] for i in rng.integers(0, len(texts), size=64)])
     results = {}
-    for name in ("serving_default", "serving_xla"):
+    for name in ("serving_default", "serving_keras", "serving_xla"):
         if name not in loaded.signatures:
             continue
         serving = loaded.signatures[name]
@@ -170,6 +170,7 @@ def main():
         texts = imdb.load_imdb(resolve_data_dir(args.data_dir))["test"][0]
         results["serving"] = run_serving(args.serving_only, texts)
         results["serving_command"] = "python " + " ".join(sys.argv)
+        results["serving_export"] = str(args.serving_only)
         results["serving_provenance"] = provenance(started, command)
         print(write_results("sentiment", results))
         print(json.dumps(results["serving"], indent=2))

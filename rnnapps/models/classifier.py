@@ -151,3 +151,26 @@ def xla_batch_buckets(max_request_batch: int) -> list[int]:
     while buckets[-1] < max_request_batch:
         buckets.append(buckets[-1] * 2)
     return buckets
+
+
+def xla_classifier(model: keras.Model, max_request_batch: int, max_length: int):
+    """``ids -> probability`` through an XLA-compiled copy of the classifier after its ``clip_length``.
+
+    XLA compiles once per input shape, so steps are padded to ``max_length`` (masked, so the
+    results are unchanged) and the batch to the next power of two; batches over
+    ``max_request_batch`` are refused before this runs, so at most
+    ``ceil(log2(max_request_batch)) + 1`` programs are ever compiled.
+    """
+    from_ids = keras.Model(model.get_layer("clip_length").output, model.output, name="from_ids")
+    batch_buckets = tf.constant(xla_batch_buckets(max_request_batch), tf.int32)
+
+    @tf.function(jit_compile=True)
+    def compiled(ids):
+        return from_ids(ids, training=False)
+
+    def classify(ids):
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        padded_batch = tf.gather(batch_buckets, tf.searchsorted(batch_buckets, tf.reshape(batch, [1]))[0])
+        return compiled(tf.pad(ids, [[0, padded_batch - batch], [0, max_length - steps]]))[:batch]
+
+    return classify

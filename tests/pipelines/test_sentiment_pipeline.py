@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from rnnapps import run_dirs, runner
 from rnnapps.cli import cli
+from rnnapps.pipelines.sentiment import FUSED_MAX_BATCH
 from tests.conftest import FIXTURE_DATA
 
 TEXTS = ["A wonderful, moving film!", "", "Boring, dull and awful.", "Ça alors — très émouvant 🎬", "zzzz qqqq"]
@@ -57,12 +58,32 @@ def test_export_reloads_from_a_moved_dir_and_matches_the_model(smoke_run, canoni
     assert labels == ["positive" if p >= 0.5 else "negative" for p in probabilities]
     # A batch of only empty strings must not break the recurrent layers.
     assert serving(text=tf.constant([""]))["probability"].shape == (1,)
+    # serving_default runs the fused LSTM (BlockLSTMV2) up to FUSED_MAX_BATCH reviews and Keras'
+    # layers above; serving_keras always the latter. All three paths give the model's answers.
+    loaded = tf.saved_model.load(str(moved))
+    many = (TEXTS * 9)[: FUSED_MAX_BATCH + 3]
+    for texts in (TEXTS, many):
+        for name in ("serving_default", "serving_keras"):
+            np.testing.assert_allclose(loaded.signatures[name](text=tf.constant(texts))["probability"],
+                                       model(tf.constant(texts)).numpy().reshape(-1), atol=1e-5)
+    assert "BlockLSTMV2" in exported_ops(moved) and FUSED_MAX_BATCH < len(many)
     # The XLA signature pads steps and batch but must give the same answers.
-    fast = tf.saved_model.load(str(moved)).signatures["serving_xla"]
+    fast = loaded.signatures["serving_xla"]
     for texts in (TEXTS, TEXTS[:3], [""]):
         fast_outputs = fast(text=tf.constant(texts))
         assert fast_outputs["probability"].shape == (len(texts),)
         np.testing.assert_allclose(fast_outputs["probability"], model(tf.constant(texts)).numpy().reshape(-1), atol=1e-5)
+
+
+def exported_ops(export_dir) -> set[str]:
+    """Every op type in a SavedModel's graph and its function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    return {node.op for node in graph.node} | {
+        node.op for function in graph.library.function for node in function.node_def
+    }
 
 
 def test_evaluate_export_and_predict_commands(smoke_run):

@@ -56,7 +56,7 @@ PROMPTS = dict(prompt=["ROMEO:", ""], length=[12, 5], temperature=[0.8, 0.0], se
 
 #: One ordinary request for every signature of every export.
 REQUESTS = {
-    "sentiment": {name: dict(text=TEXTS) for name in ("serving_default", "serving_xla", "explain")},
+    "sentiment": {name: dict(text=TEXTS) for name in ("serving_default", "serving_keras", "serving_xla", "explain")},
     "ner": {
         "serving_default": dict(tokens=[["EU", "rejects", "German", "call"], ["Peter", "Blackburn", "", ""]]),
         "tag_text": dict(text=["EU rejects German call to boycott British lamb .", ""]),
