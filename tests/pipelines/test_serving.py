@@ -88,6 +88,8 @@ REQUESTS = {
 HOSTILE = [
     ("sentiment", "serving_default", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
     ("sentiment", "serving_default", dict(text=["a" * 100_001]), "text: a string of 100001 bytes is over max_text_bytes=100000"),
+    ("sentiment", "serving_keras", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
+    ("sentiment", "serving_keras", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
     ("sentiment", "serving_xla", dict(text=["fine"] * 1025), "text: a batch of 1025 is over max_request_batch=1024"),
     ("sentiment", "serving_xla", dict(text=["a" * 100_001]), "max_text_bytes=100000"),
     ("sentiment", "explain", dict(text=["fine"] * 33), "text: a batch of 33 is over max_explain_batch=32"),
