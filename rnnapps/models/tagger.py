@@ -17,6 +17,7 @@ from rnnapps import text_ops
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.crf import CRF
 from rnnapps.models.recurrent import RecurrentStack
+from rnnapps.models.word_dropout import UnknownWordDropout
 
 DECODERS = ("crf", "softmax")
 
@@ -240,6 +241,7 @@ def build_ner_tagger(
     *,
     word_embedding_dim: int = 100,
     word_vectors: np.ndarray | None = None,
+    word_dropout: float = 0.0,
     char_embedding_dim: int = 25,
     char_encoder: str = "cnn",
     char_units: int = 25,
@@ -268,6 +270,7 @@ def build_ner_tagger(
             (``""`` padding id 0, ``[UNK]`` id 1), e.g. ``rnnapps.data.conll.make_lookup_layers``.
         tags: the tag strings (id ``i + 1`` is ``tags[i]``; 0 is padding).
         word_vectors: pretrained word rows in ``word_lookup``'s order, or None.
+        word_dropout: share of training words read as ``[UNK]`` (:class:`UnknownWordDropout`; 0: off).
         char_*: the character encoder (``char_encoder`` ``"cnn"`` or ``"lstm"``); ``max_chars`` per token.
         cell, units, depth, dropout, recurrent_dropout: the word-level encoder.
         decoder: ``"crf"`` or ``"softmax"``.
@@ -285,8 +288,11 @@ def build_ner_tagger(
     word_embedding = keras.layers.Embedding(
         word_lookup.vocabulary_size(), word_embedding_dim, mask_zero=True, name="word_embedding"
     )
+    word_ids = word_lookup(words)
+    if word_dropout:
+        word_ids = UnknownWordDropout(word_dropout, unknown_id=1, seed=seed + 2, name="word_dropout")(word_ids)
     features = [
-        word_embedding(word_lookup(words)),
+        word_embedding(word_ids),
         CharWordEncoder(
             char_lookup.vocabulary_size(),
             char_embedding_dim=char_embedding_dim,

@@ -101,3 +101,22 @@ def test_n_best_tag_sequences_start_with_viterbi_and_need_a_crf():
     assert (tags[:, :, 3] == b"").all() and all(len({tuple(row) for row in sentence}) == 4 for sentence in tags)
     with pytest.raises(ValueError, match="need a CRF decoder"):
         _tagger("softmax").n_best(TOKENS, 2)
+
+
+def test_ner_tagger_word_dropout_acts_in_training_only_and_survives_a_keras_round_trip(tmp_path):
+    from rnnapps.models.tagger import build_ner_tagger
+
+    keras.utils.set_random_seed(0)
+    words = keras.layers.StringLookup(vocabulary=["maria", "lopez", "ran", "eu"], mask_token="", oov_token="[UNK]")
+    chars = keras.layers.StringLookup(vocabulary=list("marilopezn"), mask_token="", oov_token="[UNK]")
+    tagger = build_ner_tagger(words, chars, TAGS, word_embedding_dim=4, char_filters=4, units=4,
+                              dropout=0.0, word_dropout=0.5, seed=1)
+    assert tagger.encoder.get_layer("word_dropout").rate == 0.5
+    inference = [tagger.encoder(TOKENS, training=False) for _ in range(2)]
+    np.testing.assert_array_equal(*(keras.ops.convert_to_numpy(e) for e in inference))
+    training = [keras.ops.convert_to_numpy(tagger.encoder(TOKENS, training=True)) for _ in range(4)]
+    assert any(np.abs(t - training[0]).max() > 1e-6 for t in training[1:])
+    path = tmp_path / "tagger.keras"
+    tagger.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.tag_ids(TOKENS).numpy(), tagger.tag_ids(TOKENS).numpy())
