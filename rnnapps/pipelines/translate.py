@@ -100,7 +100,7 @@ class TranslateConfig(TrainingConfig):
         # time_budget_minutes, kept by the runner) ends training.
         "cpu": dict(epochs=60, steps_per_epoch=200, batch_size=64, learning_rate=2e-3, clipnorm=1.0,
                     embedding_dim=256, units=256, dropout=0.3, label_smoothing=0.1, early_stopping_patience=4,
-                    lr_decay_patience=1, time_budget_minutes=23.0),
+                    lr_decay_patience=1, time_budget_minutes=55.0),
         "full": dict(epochs=30, batch_size=128, learning_rate=1e-3, clipnorm=1.0, embedding_dim=512, units=512,
                      cell="lstm", encoder_depth=2, dropout=0.3, label_smoothing=0.1, early_stopping_patience=5,
                      lr_decay_patience=1),
