@@ -6,7 +6,7 @@ is imported.
 
 * sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`
 * tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`, :class:`TokenFeatures`,
-  :class:`SequenceTagger`
+  :class:`SequenceTagger`, :class:`UnknownWordDropout`
 * translation: :class:`BahdanauAttention`, :class:`LuongAttention`,
   :class:`AttentionDecoderCell`, :class:`AttentionDecoder`, :func:`greedy_decode`,
   :func:`beam_search_decode`, :class:`Translator`
@@ -44,6 +44,7 @@ from rnnapps.models.sampling import generate_tokens, sample_next
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.models.tagger import SequenceTagger, TokenFeatures
 from rnnapps.models.translator import Translator
+from rnnapps.models.word_dropout import UnknownWordDropout
 
 __all__ = [
     "CELL_TYPES",
@@ -70,6 +71,7 @@ __all__ = [
     "TokenFeatures",
     "Translator",
     "TruncatedBPTTModel",
+    "UnknownWordDropout",
     "beam_search_decode",
     "bernoulli_nll",
     "build_char_lm",
