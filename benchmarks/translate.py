@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "translate.json"
-TARGET_BLEU = 30.0
+TARGET_BLEU = 37.5  # issue 20; was 30.0
 TARGET_WALL_MINUTES = 60
 
 
