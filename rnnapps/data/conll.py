@@ -208,7 +208,9 @@ class Vocabularies:
             min_word_count: normalised words seen fewer times become OOV.
             min_char_count: characters seen fewer times become OOV.
             extra_words: normalised words kept whatever their count, after the
-                training words (e.g. the words of a pretrained embedding file).
+                training words (e.g. the words of a pretrained embedding file). Those
+                seen in training (below ``min_word_count``) come first, so every word
+                training can update is in the leading :attr:`trained_word_rows` rows.
         """
         if min_word_count < 1 or min_char_count < 1:
             raise ValueError(
@@ -226,13 +228,27 @@ class Vocabularies:
         # Most frequent first, ties alphabetical: deterministic across runs.
         words = [w for w, c in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])) if c >= min_word_count]
         known = set(words)
-        for word in extra_words:
+        extra_words = list(extra_words)
+        seen_first = [w for w in extra_words if word_counts.get(w)] + [w for w in extra_words if not word_counts.get(w)]
+        for word in seen_first:
             if word and word not in known:
                 words.append(word)
                 known.add(word)
         chars = [ch for ch, c in sorted(char_counts.items(), key=lambda item: (-item[1], item[0])) if c >= min_char_count]
         tags = sorted(tag_set, key=lambda tag: (tag != "O", tag[2:], tag))
         return cls(words=words, chars=chars, tags=tags, word_counts=dict(word_counts))
+
+    @property
+    def trained_word_rows(self) -> int:
+        """Leading rows of the word lookup that training reads: padding, ``[UNK]`` and the words seen in training.
+
+        The rows after them are words of a pretrained file that no training sentence holds;
+        no gradient reaches them, so a tagger may keep them fixed
+        (:class:`rnnapps.models.embedding.PartlyFrozenEmbedding`).
+        """
+        if not self.word_counts:  # counts unknown: every row may be trained
+            return 2 + len(self.words)
+        return 2 + sum(1 for word in self.words if self.word_counts.get(word))
 
     @property
     def num_tag_ids(self) -> int:

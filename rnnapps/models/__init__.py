@@ -6,7 +6,8 @@ is imported.
 
 * sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`
 * tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`, :class:`TokenFeatures`,
-  :class:`SequenceTagger`, :class:`UnknownWordDropout`
+  :class:`SequenceTagger`, :class:`UnknownWordDropout`,
+  :class:`PartlyFrozenEmbedding` (pretrained rows that stay fixed)
 * translation: :class:`BahdanauAttention`, :class:`LuongAttention`,
   :class:`AttentionDecoderCell`, :class:`AttentionDecoder`, :func:`greedy_decode`,
   :func:`beam_search_decode`, :class:`Translator`
@@ -31,6 +32,7 @@ from rnnapps.models.char_lm import (
 from rnnapps.models.char_text import CharTextModel, generate_text
 from rnnapps.models.crf import CRF, crf_loss
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
+from rnnapps.models.embedding import PartlyFrozenEmbedding
 from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel, build_draw
 from rnnapps.models.pixel_rnn import (
     MaskedConv2D,
@@ -61,6 +63,7 @@ __all__ = [
     "DrawModel",
     "LuongAttention",
     "MaskedConv2D",
+    "PartlyFrozenEmbedding",
     "RecurrentStack",
     "ResetStatesAtEpochStart",
     "ResetStatesEvery",

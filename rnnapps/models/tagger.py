@@ -16,6 +16,7 @@ import tensorflow as tf
 from rnnapps import text_ops
 from rnnapps.models.char_encoder import CharWordEncoder
 from rnnapps.models.crf import CRF
+from rnnapps.models.embedding import PartlyFrozenEmbedding
 from rnnapps.models.recurrent import RecurrentStack
 from rnnapps.models.word_dropout import UnknownWordDropout
 
@@ -241,6 +242,7 @@ def build_ner_tagger(
     *,
     word_embedding_dim: int = 100,
     word_vectors: np.ndarray | None = None,
+    trained_word_rows: int | None = None,
     word_dropout: float = 0.0,
     char_embedding_dim: int = 25,
     char_encoder: str = "cnn",
@@ -270,6 +272,10 @@ def build_ner_tagger(
             (``""`` padding id 0, ``[UNK]`` id 1), e.g. ``rnnapps.data.conll.make_lookup_layers``.
         tags: the tag strings (id ``i + 1`` is ``tags[i]``; 0 is padding).
         word_vectors: pretrained word rows in ``word_lookup``'s order, or None.
+        trained_word_rows: with ``word_vectors``, how many leading rows training can reach
+            (``Vocabularies.trained_word_rows``); the rest, words only the vector file has,
+            are kept fixed in a :class:`PartlyFrozenEmbedding`, which trains the same model
+            without Adam's dense update of every pretrained row. None: all rows train.
         word_dropout: share of training words read as ``[UNK]`` (:class:`UnknownWordDropout`; 0: off).
         char_*: the character encoder (``char_encoder`` ``"cnn"`` or ``"lstm"``); ``max_chars`` per token.
         cell, units, depth, dropout, recurrent_dropout: the word-level encoder.
@@ -285,9 +291,13 @@ def build_ner_tagger(
     """
     tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
     words, chars, case_ids = TokenFeatures(max_chars=max_chars, name="token_features")(tokens)
-    word_embedding = keras.layers.Embedding(
-        word_lookup.vocabulary_size(), word_embedding_dim, mask_zero=True, name="word_embedding"
-    )
+    vocabulary_size = word_lookup.vocabulary_size()
+    if word_vectors is not None and trained_word_rows is not None and trained_word_rows < vocabulary_size:
+        word_embedding = PartlyFrozenEmbedding(vocabulary_size, word_embedding_dim, trained_word_rows,
+                                               mask_zero=True, name="word_embedding")
+    else:
+        word_embedding = keras.layers.Embedding(vocabulary_size, word_embedding_dim, mask_zero=True,
+                                                name="word_embedding")
     word_ids = word_lookup(words)
     if word_dropout:
         word_ids = UnknownWordDropout(word_dropout, unknown_id=1, seed=seed + 2, name="word_dropout")(word_ids)
@@ -318,7 +328,9 @@ def build_ner_tagger(
     # float32 emissions: the CRF and the softmax loss both want full precision.
     emissions = keras.layers.Dense(len(tags) + 1, dtype="float32", name="emissions")(x)
     encoder = keras.Model(tokens, emissions, name="emission_model")
-    if word_vectors is not None:
+    if isinstance(word_embedding, PartlyFrozenEmbedding):
+        word_embedding.set_embedding_matrix(word_vectors)
+    elif word_vectors is not None:
         word_embedding.set_weights([word_vectors])
     return SequenceTagger(encoder, tags, decoder=decoder, name=name)
 

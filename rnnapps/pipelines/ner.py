@@ -171,6 +171,7 @@ class NerPipeline(Pipeline):
             vocab.tags,
             word_embedding_dim=config.word_embedding_dim,
             word_vectors=datasets.info.word_vectors,
+            trained_word_rows=vocab.trained_word_rows,
             word_dropout=config.word_dropout,
             char_embedding_dim=config.char_embedding_dim,
             char_encoder=config.char_encoder,

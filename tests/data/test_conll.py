@@ -91,6 +91,12 @@ def test_vocabularies_come_from_train_only():
     assert vocab.num_tag_ids == len(vocab.tags) + 1
     frequent = conll.Vocabularies.from_sentences(splits["train"], min_word_count=2, extra_words=["oslo", "acme"])
     assert "acme" in frequent.words and "maria" not in frequent.words and frequent.words[-1] == "oslo"
+    # A file word seen in training (a singleton here) comes before the file-only words, so the
+    # rows training can reach are a prefix of the lookup.
+    with_singleton = conll.Vocabularies.from_sentences(splits["train"], min_word_count=2, extra_words=["oslo", "maria"])
+    assert with_singleton.words[-2:] == ["maria", "oslo"]
+    assert with_singleton.trained_word_rows == 2 + len(with_singleton.words) - 1
+    assert conll.Vocabularies(words=["a", "b"], chars=[], tags=[]).trained_word_rows == 4
     with pytest.raises(ValueError, match="min_word_count"):
         conll.Vocabularies.from_sentences(splits["train"], min_word_count=0)
 
@@ -172,7 +178,7 @@ def test_read_word_vectors(tmp_path, caplog):
         shutil.copyfileobj(source, target)
     normalised = read_word_vectors(gz, vocabulary, dim=3, normalise=text_ops.normalise_word)
     np.testing.assert_allclose(normalised[4], [0.9, 0.9, 0.9])
-    assert vector_file_words(gz, normalise=text_ops.normalise_word) == ["the", "paris", "rome", "0000", "acme"]
+    assert vector_file_words(gz, normalise=text_ops.normalise_word) == ["the", "paris", "rome", "0000", "acme", "oslo"]
 
 
 def test_read_word_vectors_errors(tmp_path):

@@ -14,6 +14,7 @@ from rnnapps.cli import cli
 from rnnapps.config import resolve_config
 from rnnapps.errors import ConfigError
 from rnnapps.metrics import entity_confidence, entity_spans, span_scores
+from rnnapps.models.embedding import PartlyFrozenEmbedding
 from rnnapps.pipelines.ner import (
     PIPELINE,
     NerConfig,
@@ -163,17 +164,32 @@ def test_softmax_decoder_builds_and_trains_one_step():
     assert tags.shape == (2, 5) and tags[1, 3] == b"" and tags[0, 0] in {t.encode() for t in TAGS - {""}}
 
 
-def test_pretrained_vectors_initialise_the_word_embedding():
+def test_pretrained_vectors_initialise_the_word_embedding(tmp_path):
     config = dataclasses.replace(resolve_config(NerConfig, "smoke"), embeddings=str(GLOVE), word_embedding_dim=3)
     datasets = PIPELINE.load_data(config, FIXTURE_DATA)
     model = PIPELINE.build_model(config, datasets)
     vocabulary = model.encoder.get_layer("word_lookup").get_vocabulary()
-    matrix = model.encoder.get_layer("word_embedding").get_weights()[0]
+    embedding = model.encoder.get_layer("word_embedding")
+    matrix = keras.ops.convert_to_numpy(embedding.embedding_matrix())
     np.testing.assert_allclose(matrix[vocabulary.index("rome")], [-0.1, 0.4, 0.3])
+    # "oslo" is only in the vector file (and the test split): its row is fixed; training words' rows train.
+    assert isinstance(embedding, PartlyFrozenEmbedding)
+    assert vocabulary.index("oslo") >= embedding.trainable_rows == datasets.info.vocabularies.trained_word_rows
+    assert vocabulary.index("rome") < embedding.trainable_rows
+    np.testing.assert_allclose(matrix[vocabulary.index("oslo")], [0.3, -0.2, 0.1])
     # "0000" and "1996" both normalise to "0000": the file's first vector wins.
     np.testing.assert_allclose(matrix[vocabulary.index("0000")], [0.9, 0.9, 0.9])
     with pytest.raises(ConfigError, match="3-dimensional vectors but word_embedding_dim=8"):
         PIPELINE.load_data(dataclasses.replace(config, word_embedding_dim=8), FIXTURE_DATA)
+    # Training moves the training words' rows only, and the split embedding saves and reloads.
+    model.fit(datasets.train.take(2), epochs=1, verbose=0)
+    trained = keras.ops.convert_to_numpy(embedding.embedding_matrix())
+    np.testing.assert_array_equal(trained[embedding.trainable_rows:], matrix[embedding.trainable_rows:])
+    assert not np.allclose(trained[: embedding.trainable_rows], matrix[: embedding.trainable_rows])
+    sentence = tf.constant([["Oslo", "and", "Rome", "."]])
+    model.save(tmp_path / "ner.keras")
+    reloaded = keras.saving.load_model(tmp_path / "ner.keras")
+    np.testing.assert_allclose(reloaded.encoder(sentence).numpy(), model.encoder(sentence).numpy(), atol=1e-5)
 
 
 def test_bad_decoder_is_a_config_error():
