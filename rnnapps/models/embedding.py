@@ -14,7 +14,7 @@ class PartlyFrozenEmbedding(keras.layers.Layer):
     never seen in training still get their pretrained vector (NER with GloVe: 95k rows, 16k of
     them read in training). Those extra rows never receive a gradient, so Adam never moves them; but a
     single trainable matrix makes Adam update all of it every step, and on a 2-core CPU that
-    dense update of 4.8M parameters nearly doubled the tagger's step (docs/ner.md).
+    dense update of 4.8M parameters made the tagger's step 1.36x slower (docs/ner.md).
     Keeping the rows that training can reach in one trainable matrix and the others in a
     non-trainable one gives the same model and the same updates, at the cost of the small
     matrix only. The caller orders its vocabulary so the rows training sees come first.
