@@ -116,7 +116,7 @@ class DrawConfig(TrainingConfig):
         # 4-minute probes (docs/draw.md) read 8 / write 20 reached 128 nats after 700 steps, level with
         # no attention per minute (125 after 600), cheaper per step. Up to 44 x 500 steps, annealed,
         # inside a 56-minute budget: 90.57 nats after 21,205 steps on a Zen 4 EPYC (93.54 after 9,354
-        # steps in 50 minutes on an AVX2 EPYC); the bound kept falling with steps (docs/draw.md).
+        # steps in 50 minutes on an AVX2 EPYC); from epoch 33 on it gained < 0.3 an epoch (docs/draw.md).
         "cpu": dict(epochs=44, batch_size=64, steps_per_epoch=500, steps=16, encoder_units=256, decoder_units=256,
                     latent_size=100, attention=True, read_glimpse_size=8, write_glimpse_size=20,
                     learning_rate=1e-3, learning_rate_decay=0.92, early_stopping_patience=0,
