@@ -72,6 +72,10 @@ class TrainingConfig:
     # Halve the learning rate when the validation loss has not improved for this many epochs
     # (0: off). One learning-rate policy per run: this or learning_rate_decay, not both.
     lr_decay_patience: int = 0
+    # Polyak averaging: validate, checkpoint and export an exponential moving average of the weights
+    # with this momentum (warmed up over the first steps; 0: off, the last step's weights). Averaging
+    # lets a run keep a useful learning rate to its end and still be scored on settled weights.
+    weight_averaging: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -102,6 +106,7 @@ class TrainingConfig:
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be > 0")
         check_learning_rate_schedule(self.learning_rate_decay, self.learning_rate_hold_epochs)
+        self.check_rates("weight_averaging")
         if self.lr_decay_patience < 0:
             raise ConfigError(f"lr_decay_patience={self.lr_decay_patience!r} must be >= 0 (0: off)")
         if self.lr_decay_patience and self.learning_rate_decay != 1.0:

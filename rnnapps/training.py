@@ -25,12 +25,52 @@ from rnnapps.run_dirs import BACKUP_DIR, read_history, write_json
 
 
 def make_optimizer(config) -> keras.optimizers.Optimizer:
-    """Adam with the config's learning rate and gradient-norm clipping.
+    """Adam with the config's learning rate and gradient-norm clipping; :class:`AveragedAdam` when the
+    config asks for ``weight_averaging``.
 
     Under ``mixed_float16`` ``Model.compile`` wraps it in a LossScaleOptimizer.
     """
     clipnorm = config.clipnorm if config.clipnorm and config.clipnorm > 0 else None
+    averaging = getattr(config, "weight_averaging", 0.0)
+    if averaging:
+        return AveragedAdam(learning_rate=config.learning_rate, clipnorm=clipnorm, ema_momentum=averaging)
     return keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=clipnorm)
+
+
+@keras.saving.register_keras_serializable(package="rnnapps")
+class AveragedAdam(keras.optimizers.Adam):
+    """Adam that keeps an exponential moving average of the weights whose momentum warms up.
+
+    Keras' ``use_ema`` averages with a fixed momentum from the second step on, so after ``n`` steps
+    the first step's weights still weigh ``momentum**n``: 7% after a 20-minute textgen run's 2,650
+    steps at 0.999. Here step ``t`` uses ``min(momentum, (1 + t) / (10 + t))`` (the ``num_updates``
+    rule of ``tf.train.ExponentialMovingAverage``): the average follows the weights closely early on
+    and settles to ``momentum`` after about ``10 / (1 - momentum)`` steps. The average lives in the
+    optimizer's variables, so backups and ``--resume`` carry it; :class:`AveragedWeights` puts it in
+    the model for validation, checkpoints and the end of training.
+
+    Args:
+        ema_momentum: the momentum the average settles to, in [0, 1).
+        **kwargs: as for ``keras.optimizers.Adam`` (``use_ema`` is always on).
+
+    Example:
+        >>> optimizer = AveragedAdam(learning_rate=1e-3, ema_momentum=0.999)
+    """
+
+    def __init__(self, *args, ema_momentum: float = 0.999, **kwargs):
+        kwargs.pop("use_ema", None)  # get_config() writes it; it is always on here
+        super().__init__(*args, use_ema=True, ema_momentum=ema_momentum, **kwargs)
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # Called before the step counter moves on: ``iterations`` is the index of this step.
+        steps = keras.ops.cast(self.iterations, "float32")
+        warmed_up = keras.ops.minimum(self.ema_momentum, (1.0 + steps) / (10.0 + steps))
+        # The average starts as zeros: the first step copies the weights.
+        momentum_of_step = keras.ops.where(keras.ops.equal(self.iterations, 0), 0.0, warmed_up)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average, strict=True):
+            if average is not None:
+                momentum = keras.ops.cast(momentum_of_step, variable.dtype)
+                average.assign(momentum * average + (1.0 - momentum) * variable)
 
 
 # Keras' name for the backup's metadata; ours also names the weights file it commits.
@@ -85,6 +125,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         check_backup_interval(every_minutes)
         self.every_seconds = every_minutes * 60.0 if every_minutes else None
         self.saver = _BackupSaver(self)
+        self.averaged_weights: AveragedWeights | None = None
         self._last_saved = time.monotonic()
 
     def _load_model(self):
@@ -114,7 +155,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         previous = read_backup(backup_dir)
         serial = (previous or {}).get("serial", 0) + 1
         weights = f"state-{serial}.weights.h5"
-        self.model.save_weights(str(backup_dir / weights), overwrite=True)
+        averaged = self.averaged_weights.raw_weights() if self.averaged_weights else contextlib.nullcontext()
+        with averaged:  # the state training goes on from; the average is in the optimizer's variables
+            self.model.save_weights(str(backup_dir / weights), overwrite=True)
         with open(backup_dir / weights, "rb+") as handle:
             os.fsync(handle.fileno())  # on disk before the metadata names it
         write_json(backup_dir / BACKUP_METADATA, {"epoch": epoch, "batch": batch, "weights": weights, "serial": serial})
@@ -166,6 +209,72 @@ class EpochMetric(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs[self.name] = float(self.compute(self.model))
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """Puts the optimizer's weight average (:class:`AveragedAdam`) in the model wherever it is scored.
+
+    From validation to the end of each epoch the model holds the averaged weights, so the validation
+    metrics, a pipeline's epoch metric, the best checkpoint and early stopping all see the weights a
+    finished run exports; the next epoch trains on from the raw weights. The backup is written from
+    the raw weights (:meth:`raw_weights`), the average staying in the optimizer's state, so a resume
+    continues exactly. Keras' ``SwapEMAWeights`` swaps the two in place and leaves the raw weights in
+    a model stopped early (time budget, early stopping) by ``fit``'s final ``finalize_variable_values``;
+    here ``fit`` ends on the average, or on the best epoch's average with early stopping.
+
+    Place it right after the backup's restore and before any callback that reads the model at epoch end.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw_values = None
+
+    def _pairs(self):
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        if not averages:
+            return []  # not built yet: no step has run
+        return list(zip(optimizer._trainable_variables, averages, strict=True))
+
+    def use_average(self) -> None:
+        if self._raw_values is not None:
+            return
+        pairs = self._pairs()
+        self._raw_values = [variable.numpy() for variable, _ in pairs]
+        for variable, average in pairs:
+            variable.assign(average)
+
+    def use_raw(self) -> None:
+        if self._raw_values is None:
+            return
+        for (variable, _), value in zip(self._pairs(), self._raw_values, strict=True):
+            variable.assign(value)
+        self._raw_values = None
+
+    @contextlib.contextmanager
+    def raw_weights(self):
+        """The raw (trained) weights in the model for the duration, whatever it held before."""
+        averaged = self._raw_values is not None
+        self.use_raw()
+        try:
+            yield
+        finally:
+            if averaged:
+                self.use_average()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.use_raw()
+
+    def on_test_begin(self, logs=None):
+        self.use_average()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.use_average()
+
+    def on_train_end(self, logs=None):
+        self.use_average()
+        self._raw_values = None  # fit's finalize_variable_values put the average in; it stays
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -258,7 +367,7 @@ def learning_rate_policy(config) -> keras.callbacks.Callback | None:
 def training_callbacks(
     run_dir: Path, monitor: str, mode: str, patience: int, extra=(), time_budget_minutes: float | None = None,
     learning_rate_schedule: keras.callbacks.Callback | None = None, best_so_far: float | None = None,
-    backup_every_minutes: float | None = None,
+    backup_every_minutes: float | None = None, weight_averaging: bool = False,
 ) -> list:
     """Checkpoints, resume backups, logs, early stopping and NaN detection.
 
@@ -271,11 +380,14 @@ def training_callbacks(
     backup = RunBackup(run_dir / BACKUP_DIR, every_minutes=backup_every_minutes)
     nan_guard = StopOnNaN()
     backup.saver.nan_guard = nan_guard
+    averaged_weights = AveragedWeights() if weight_averaging else None
+    backup.averaged_weights = averaged_weights
     # Pipeline callbacks run right after the restore and before checkpointing, logging and early
     # stopping, so a callback that adds a validation metric (e.g. NER's span F1) to the epoch's
     # logs can be the monitored metric.
     callbacks = [
         backup,
+        *([averaged_weights] if averaged_weights else []),
         *([learning_rate_schedule] if learning_rate_schedule else []),
         *extra,
         keras.callbacks.ModelCheckpoint(
@@ -326,6 +438,7 @@ def fit(model: keras.Model, datasets, config, run_dir: Path, monitor: str, mode:
         learning_rate_schedule=learning_rate_policy(config),
         best_so_far=best_so_far,
         backup_every_minutes=config.backup_every_minutes,
+        weight_averaging=bool(getattr(config, "weight_averaging", 0.0)),
     )
     nan_guard = next(cb for cb in callbacks if isinstance(cb, StopOnNaN))
     with warnings.catch_warnings():
