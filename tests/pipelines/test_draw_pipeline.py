@@ -40,7 +40,8 @@ def svhn(tmp_path_factory):
     (data_dir / "svhn").mkdir(parents=True)
     for mat in (FIXTURE_DATA / "svhn").glob("*.mat"):
         shutil.copy(mat, data_dir / "svhn" / mat.name)
-    return _train_and_move(root, "svhn", data_dir)
+    # Also the cpu preset's weight averaging, through a pipeline whose model has its own train step.
+    return _train_and_move(root, "svhn", data_dir, weight_averaging=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,20 @@ def test_export_from_moved_dir_generates_and_reconstructs(dataset, request):
         # 0/1 and 0/255 pixels are the same binary image.
         scaled = loaded.signatures["reconstruct"](images=tf.constant(images * 255))["nll_bound"].numpy()
         np.testing.assert_allclose(scaled, bound, rtol=1e-6)
+
+
+def test_a_weight_averaged_run_ends_on_the_average(svhn):
+    import keras
+
+    from rnnapps.training import AveragedAdam
+
+    result, _ = svhn
+    model = keras.saving.load_model(result.run_dir / "model.keras")
+    assert isinstance(model.optimizer, AveragedAdam)
+    averages = model.optimizer._model_variables_moving_average
+    assert len(averages) == len(model.trainable_variables) > 0
+    for variable, average in zip(model.optimizer._trainable_variables, averages, strict=True):
+        np.testing.assert_allclose(variable.numpy(), average.numpy())
 
 
 def test_missing_svhn_names_where_to_put_files(tmp_path, monkeypatch):
