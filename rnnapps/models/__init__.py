@@ -32,8 +32,8 @@ from rnnapps.models.char_lm import (
 from rnnapps.models.char_text import CharTextModel, generate_text
 from rnnapps.models.crf import CRF, crf_loss
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
-from rnnapps.models.embedding import PartlyFrozenEmbedding
 from rnnapps.models.draw import AttentionReader, AttentionWriter, DrawCell, DrawModel, build_draw
+from rnnapps.models.embedding import PartlyFrozenEmbedding
 from rnnapps.models.pixel_rnn import (
     MaskedConv2D,
     RowLSTM,
