@@ -117,3 +117,23 @@ def test_early_stopping_keeps_the_best_epochs_average(tmp_path):
     training.fit(model, _datasets(), Patient, tmp_path, "val_loss", "min", verbose=0)
     best = min(run_dirs.read_history(tmp_path / "history.csv")["val_loss"])
     assert model.evaluate(_datasets().validation, verbose=0) == pytest.approx(best, rel=1e-5)
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_under_mixed_float16_the_loss_scale_optimizer_averages_and_fit_ends_on_the_average(tmp_path, mixed_precision):
+    # The GPU path's logic on the CPU: compile wraps AveragedAdam in a LossScaleOptimizer.
+    model = _model()
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    assert isinstance(model.optimizer.inner_optimizer, training.AveragedAdam)
+    training.fit(model, _datasets(), _Averaged, tmp_path, "val_loss", "min", verbose=0)
+    averages = model.optimizer.inner_optimizer._model_variables_moving_average
+    for variable, average in zip(model.trainable_variables, averages, strict=True):
+        np.testing.assert_allclose(variable.numpy(), average.numpy())
+    logged = run_dirs.read_history(tmp_path / "history.csv")["val_loss"][-1]
+    assert model.evaluate(_datasets().validation, verbose=0) == pytest.approx(logged, rel=1e-3)
