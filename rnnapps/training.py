@@ -238,9 +238,9 @@ class AveragedWeights(keras.callbacks.Callback):
         return list(zip(optimizer._trainable_variables, averages, strict=True))
 
     def use_average(self) -> None:
-        if self._raw_values is not None:
-            return
         pairs = self._pairs()
+        if self._raw_values is not None or not pairs:
+            return
         self._raw_values = [variable.numpy() for variable, _ in pairs]
         for variable, average in pairs:
             variable.assign(average)

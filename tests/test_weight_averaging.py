@@ -12,11 +12,8 @@ from rnnapps.config import TrainingConfig
 from rnnapps.errors import ConfigError
 from rnnapps.pipelines.base import Datasets
 
-
-class _Averaged:
-    locals().update({field.name: field.default for field in dataclasses.fields(TrainingConfig)})
-    epochs, steps_per_epoch, early_stopping_patience, backup_every_minutes = 3, None, 0, None
-    learning_rate, clipnorm, weight_averaging = 0.05, 1.0, 0.9
+_Averaged = TrainingConfig(epochs=3, early_stopping_patience=0, backup_every_minutes=None, learning_rate=0.05,
+                           weight_averaging=0.9)
 
 
 def _datasets():
@@ -110,8 +107,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epochs_average(tmp_path):
-    class Patient(_Averaged):
-        epochs, early_stopping_patience = 4, 1
+    Patient = dataclasses.replace(_Averaged, epochs=4, early_stopping_patience=1)
 
     model = _model(Patient)
     training.fit(model, _datasets(), Patient, tmp_path, "val_loss", "min", verbose=0)
