@@ -22,8 +22,11 @@ from tests.layer_checks import (
 VOCAB = 7
 
 
-def tiny_model(cell="lstm", depth=1, dropout=0.0, units=6):
-    return build_char_lm(VOCAB, embedding_dim=4, units=units, cell=cell, depth=depth, dropout=dropout, seed=1)
+def tiny_model(cell="lstm", depth=1, dropout=0.0, units=6, recurrent_dropout=0.0):
+    return build_char_lm(
+        VOCAB, embedding_dim=4, units=units, cell=cell, depth=depth, dropout=dropout, seed=1,
+        recurrent_dropout=recurrent_dropout,
+    )
 
 
 def compiled(language_model, batch_size, learning_rate=0.01):
@@ -57,7 +60,7 @@ def test_stream_batches_continue_row_by_row():
 
 @pytest.mark.parametrize("cell, depth", [("lstm", 2), ("gru", 1)])
 def test_functional_model_shapes_and_round_trips(cell, depth, tmp_path):
-    model = tiny_model(cell, depth, dropout=0.2)
+    model = tiny_model(cell, depth, dropout=0.2, recurrent_dropout=0.1)
     names = state_names(cell, depth)
     assert [spec.name for spec in model.inputs[1:]] == names
     tokens = np.random.default_rng(0).integers(0, VOCAB, size=(3, 5)).astype("int32")
@@ -66,6 +69,17 @@ def test_functional_model_shapes_and_round_trips(cell, depth, tmp_path):
     assert logits.shape == (3, 5, VOCAB) and len(states) == len(names)
     check_keras_round_trip(model, inputs, tmp_path)
     check_saved_model_round_trip(model, inputs, tmp_path)
+
+
+def test_recurrent_dropout_masks_the_state_only_in_training():
+    plain = tiny_model(depth=2)
+    dropped = tiny_model(depth=2, recurrent_dropout=0.5)
+    dropped.set_weights(plain.get_weights())
+    assert [layer.recurrent_dropout for layer in dropped.layers if isinstance(layer, keras.layers.LSTM)] == [0.5, 0.5]
+    tokens = tf.constant(np.random.default_rng(3).integers(0, VOCAB, size=(4, 9)), tf.int32)
+    inputs = [tokens, *initial_states(plain, 4)]
+    assert_all_close(dropped(inputs, training=False)[0], plain(inputs, training=False)[0], atol=1e-6)
+    assert not np.allclose(dropped(inputs, training=True)[0], plain(inputs, training=True)[0], atol=1e-4)
 
 
 def test_state_input_continues_the_sequence():
@@ -178,7 +192,8 @@ def test_generation_with_step_function_matches_full_rerun():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"cell": "rnn"}, "cell"), ({"depth": 0}, "depth"), ({"dropout": 1.0}, "dropout"), ({"units": 0}, "units")],
+    [({"cell": "rnn"}, "cell"), ({"depth": 0}, "depth"), ({"dropout": 1.0}, "dropout"), ({"units": 0}, "units"),
+     ({"recurrent_dropout": -0.1}, "recurrent_dropout")],
 )
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
