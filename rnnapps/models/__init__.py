@@ -4,7 +4,8 @@ Every layer here is registered under the ``rnnapps`` package, so a model that
 uses one reloads with plain ``keras.saving.load_model`` once ``rnnapps.models``
 is imported.
 
-* sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`
+* sequences: :class:`RecurrentStack`, :class:`SequencePooling`, :class:`ClipSequenceLength`,
+  :class:`VariationalLSTMCell` (recurrent dropout that keeps the fused LSTM step)
 * tagging: :class:`CRF` (+ :func:`crf_loss`), :class:`CharWordEncoder`, :class:`TokenFeatures`,
   :class:`SequenceTagger`, :class:`UnknownWordDropout`,
   :class:`PartlyFrozenEmbedding` (pretrained rows that stay fixed)
@@ -41,7 +42,12 @@ from rnnapps.models.pixel_rnn import (
     build_pixel_rnn,
     complete_images,
 )
-from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, SequencePooling
+from rnnapps.models.recurrent import (
+    CELL_TYPES,
+    RecurrentStack,
+    SequencePooling,
+    VariationalLSTMCell,
+)
 from rnnapps.models.sampling import generate_tokens, sample_next
 from rnnapps.models.sequence import ClipSequenceLength
 from rnnapps.models.tagger import SequenceTagger, TokenFeatures
@@ -74,6 +80,7 @@ __all__ = [
     "TokenFeatures",
     "Translator",
     "TruncatedBPTTModel",
+    "VariationalLSTMCell",
     "UnknownWordDropout",
     "beam_search_decode",
     "bernoulli_nll",

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from rnnapps.models.recurrent import RNN_LAYERS
+from rnnapps.models.recurrent import recurrent_layer
 
 # The cells whose states the truncated-BPTT model carries between batches (a subset of RecurrentStack's).
 CELL_TYPES = ("lstm", "gru")
@@ -55,8 +55,10 @@ def build_char_lm(
     and before the logits), as in Zaremba et al. 2014, "Recurrent Neural Network
     Regularization". ``recurrent_dropout`` adds variational dropout on the
     recurrent state (one mask per batch row and sequence, Gal & Ghahramani 2016),
-    which regularises the single wide layer that overfits a small corpus; it
-    costs little on a CPU but rules out the cuDNN kernel on a GPU.
+    which regularises the single wide layer that overfits a small corpus. An
+    LSTM then uses :class:`~rnnapps.models.recurrent.VariationalLSTMCell` (one
+    mask for all gates, the fused step), which costs little on a CPU; on a GPU
+    it rules out the cuDNN kernel.
 
     Args:
         vocab_size: number of token ids (the OOV id included).
@@ -109,11 +111,12 @@ def build_char_lm(
                 strict=True,
             )
         ]
-        rnn = RNN_LAYERS[cell](
+        rnn = recurrent_layer(
+            cell,
             int(units),
+            recurrent_dropout=float(recurrent_dropout),
             return_sequences=True,
             return_state=True,
-            recurrent_dropout=float(recurrent_dropout),
             seed=None if seed is None else seed + index,
             name=f"{cell}_{index}",
         )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from rnnapps.models.recurrent import RecurrentStack, SequencePooling
+from rnnapps.models.recurrent import RecurrentStack, SequencePooling, VariationalLSTMCell
 
 LSTM_IMPLEMENTATIONS = ("block", "loop")
 #: Layers that are the identity at inference; the classifier walk skips them.
@@ -162,13 +162,21 @@ def _activation_name(function) -> str | None:
 _KINDS = {keras.layers.LSTM: "lstm", keras.layers.GRU: "gru", keras.layers.SimpleRNN: "simple_rnn"}
 
 
+def _kind(layer) -> str | None:
+    # An LSTM trained with recurrent dropout is a plain RNN around VariationalLSTMCell; at inference
+    # it computes what an LSTM with the same weights does.
+    if type(layer) is keras.layers.RNN and type(layer.cell) is VariationalLSTMCell:
+        return "lstm"
+    return _KINDS.get(type(layer))
+
+
 def _check_direction(layer, backwards_ok: bool) -> str:
     """The cell kind of one Keras RNN layer, or NotImplementedError for what this module cannot reproduce.
 
     ``backwards_ok``: the layer is Bidirectional's backward half, whose reversal the
     caller does.
     """
-    kind = _KINDS.get(type(layer))
+    kind = _kind(layer)
     if kind is None:
         raise NotImplementedError(f"{layer.name}: {type(layer).__name__} is not supported by the fused path")
     if layer.stateful:
@@ -223,7 +231,7 @@ def check_stack(stack) -> None:
 
 def _direction(layer, sequence, steps, lstm_impl: str):
     """Run one Keras RNN layer forwards over time-major ``sequence``: ``(T, B, units)``, zeros past ``steps``."""
-    kind = _KINDS[type(layer)]
+    kind = _kind(layer)
     cell = layer.cell
     kernel, recurrent = tf.convert_to_tensor(cell.kernel), tf.convert_to_tensor(cell.recurrent_kernel)
     units = cell.units

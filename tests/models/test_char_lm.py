@@ -75,7 +75,10 @@ def test_recurrent_dropout_masks_the_state_only_in_training():
     plain = tiny_model(depth=2)
     dropped = tiny_model(depth=2, recurrent_dropout=0.5)
     dropped.set_weights(plain.get_weights())
-    assert [layer.recurrent_dropout for layer in dropped.layers if isinstance(layer, keras.layers.LSTM)] == [0.5, 0.5]
+    cells = [layer.cell for layer in dropped.layers if isinstance(layer, keras.layers.RNN)]
+    assert [(type(cell).__name__, cell.recurrent_dropout, cell.implementation) for cell in cells] == [
+        ("VariationalLSTMCell", 0.5, 2)
+    ] * 2
     tokens = tf.constant(np.random.default_rng(3).integers(0, VOCAB, size=(4, 9)), tf.int32)
     inputs = [tokens, *initial_states(plain, 4)]
     assert_all_close(dropped(inputs, training=False)[0], plain(inputs, training=False)[0], atol=1e-6)

@@ -22,9 +22,10 @@ def randomize(layer, seed: int = 0, scale: float = 0.5):
         weight.assign(rng.normal(scale=scale, size=weight.shape).astype(weight.dtype))
 
 
-def make_stack(cell, bidirectional, depth, residual, return_sequences, units=6, seed=0):
+def make_stack(cell, bidirectional, depth, residual, return_sequences, units=6, seed=0, recurrent_dropout=0.0):
     stack = RecurrentStack(units, cell=cell, depth=depth, bidirectional=bidirectional, residual=residual,
-                           return_sequences=return_sequences, dropout=0.3 if depth > 1 else 0.0, seed=1)
+                           return_sequences=return_sequences, dropout=0.3 if depth > 1 else 0.0, seed=1,
+                           recurrent_dropout=recurrent_dropout)
     stack.build((None, None, FEATURES))
     randomize(stack, seed)
     return stack
@@ -54,6 +55,14 @@ def test_stack_matches_keras(cell, bidirectional, depth, return_sequences):
             assert float(tf.reduce_max(tf.abs(expected))) > 0.1
             # With return_sequences this compares the padded steps too.
             assert_close(fused_stack_call(stack, x, m, lstm_impl=lstm_impl), expected)
+
+
+def test_an_lstm_trained_with_recurrent_dropout_matches_keras():
+    stack = make_stack("lstm", True, 2, residual=True, return_sequences=False, recurrent_dropout=0.25)
+    assert type(stack.recurrent_layers[0].forward_layer.cell).__name__ == "VariationalLSTMCell"
+    x, mask = inputs()
+    for lstm_impl in ("block", "loop"):
+        assert_close(fused_stack_call(stack, x, mask, lstm_impl=lstm_impl), stack(x, mask=mask, training=False))
 
 
 def test_simple_rnn_matches_keras():
