@@ -152,10 +152,11 @@ def test_loss_drops_on_repetitive_text():
     assert history[-1] < 0.5 * history[0], history
 
 
-def test_mixed_precision_keeps_logits_and_states_float32():
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.15], ids=["stock_lstm", "variational_cell"])
+def test_mixed_precision_keeps_logits_and_states_float32(recurrent_dropout):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        language_model = tiny_model(depth=2)
+        language_model = tiny_model(depth=2, recurrent_dropout=recurrent_dropout)
         assert language_model.get_layer("lstm_0").compute_dtype == "float16"
         tokens = tf.zeros((2, 5), tf.int32)
         logits, *states = language_model([tokens, *initial_states(language_model, 2)])
