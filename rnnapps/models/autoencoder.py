@@ -13,7 +13,7 @@ from keras import ops
 
 from rnnapps.models.decoding import beam_search_decode, greedy_decode
 from rnnapps.models.distribute import scale_loss_for_replicas
-from rnnapps.models.recurrent import CELL_TYPES, RNN_LAYERS, RecurrentStack
+from rnnapps.models.recurrent import CELL_TYPES, RecurrentStack, recurrent_layer
 from rnnapps.models.seq2seq import (
     END_ID,
     PAD_ID,
@@ -190,7 +190,7 @@ class Seq2SeqAutoencoder(keras.Model):
             keras.layers.Dense(self.decoder_units, activation="tanh", name=f"bridge_{index}")
             for index in range(2 if decoder_cell == "lstm" else 1)
         ]
-        self.decoder = RNN_LAYERS[decoder_cell](self.decoder_units, return_sequences=True, name="decoder")
+        self.decoder = recurrent_layer(decoder_cell, self.decoder_units, return_sequences=True, name="decoder")
         self.output_dropout = keras.layers.Dropout(
             self.dropout, seed=None if seed is None else seed + 1, name="output_dropout"
         )

@@ -212,13 +212,17 @@ def test_wrapper_arguments():
         TruncatedBPTTModel(plain, batch_size=2)
 
 
-def test_generation_exports_as_saved_model(tmp_path):
-    model = tiny_model(depth=2)
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.15], ids=["stock_lstm", "variational_cell"])
+def test_generation_exports_as_saved_model(tmp_path, recurrent_dropout):
+    model = tiny_model(depth=2, recurrent_dropout=recurrent_dropout)
 
     class Generator(tf.Module):
         def __init__(self, language_model):
             super().__init__()
             self.language_model = language_model
+            # As rnnapps.export's ExportArchive does: keras.layers.RNN draws its dropout masks (from a
+            # seed generator's state variable) even at inference, and tf.Module does not track that state.
+            self.model_variables = list(language_model.variables)
 
         @tf.function(
             input_signature=[
