@@ -164,6 +164,21 @@ def test_softmax_decoder_builds_and_trains_one_step():
     assert tags.shape == (2, 5) and tags[1, 3] == b"" and tags[0, 0] in {t.encode() for t in TAGS - {""}}
 
 
+def test_word_dropout_none_picks_the_measured_rate_by_whether_vectors_are_loaded():
+    plain = dataclasses.replace(resolve_config(NerConfig, "smoke"), word_dropout=None)
+    with_vectors = dataclasses.replace(plain, embeddings=str(GLOVE), word_embedding_dim=3)
+    assert resolve_config(NerConfig, "cpu").word_dropout is None
+    for config, rate in ((plain, NerConfig.WORD_DROPOUT_WITHOUT_VECTORS), (with_vectors, NerConfig.WORD_DROPOUT_WITH_VECTORS)):
+        config.validate()
+        model = PIPELINE.build_model(config, PIPELINE.load_data(config, FIXTURE_DATA))
+        assert model.encoder.get_layer("word_dropout").rate == rate
+    assert NerConfig.WORD_DROPOUT_WITHOUT_VECTORS > NerConfig.WORD_DROPOUT_WITH_VECTORS
+    # A rate the user sets wins, and is still checked.
+    assert dataclasses.replace(with_vectors, word_dropout=0.2).word_dropout_rate == 0.2
+    with pytest.raises(ConfigError, match="word_dropout=1.0 must be in"):
+        dataclasses.replace(plain, word_dropout=1.0).validate()
+
+
 def test_pretrained_vectors_initialise_the_word_embedding(tmp_path):
     config = dataclasses.replace(resolve_config(NerConfig, "smoke"), embeddings=str(GLOVE), word_embedding_dim=3)
     datasets = PIPELINE.load_data(config, FIXTURE_DATA)
