@@ -379,3 +379,27 @@ def test_describe_encoder_reads_the_architecture_from_weight_paths():
         "bidirectional_gru_1/forward_gru_1/gru_cell/kernel": (20, 30),
     }
     assert describe_encoder(shapes) == dict(cell="gru", units=10, depth=2, bidirectional=True, embedding_dim=8)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "full"])
+def test_the_autoencoder_preset_encoder_matches_the_sentiment_preset_it_pretrains(preset):
+    # `rnnapps run sentiment --set init_from=RUN` with the same preset on both sides must find the
+    # same encoder shape; a preset change on one side alone would make that run fail.
+    from rnnapps.pipelines.sentiment import SentimentConfig
+
+    autoencoder, sentiment = resolve_config(AutoencoderConfig, preset), resolve_config(SentimentConfig, preset)
+    fields = ("embedding_dim", "cell", "units", "depth", "bidirectional")
+    assert {name: getattr(autoencoder, name) for name in fields} == {name: getattr(sentiment, name) for name in fields}
+    # IMDB's validation split is a seeded permutation's head: with the same seed and a share at least
+    # as large, every sentiment validation review is held out of the pretraining too.
+    assert autoencoder.seed == sentiment.seed
+    assert autoencoder.validation_fraction >= sentiment.validation_fraction
+
+
+def test_a_smaller_validation_share_is_a_subset_of_a_larger_one():
+    from rnnapps.data.imdb import split_validation
+
+    texts, labels = [f"review {index}" for index in range(200)], np.arange(200) % 2
+    (_, _), (small, _) = split_validation(texts, labels, 0.04, seed=5)
+    (_, _), (large, _) = split_validation(texts, labels, 0.1, seed=5)
+    assert len(small) == 8 and set(small) < set(large)
