@@ -36,6 +36,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "autoencoder.json"
 TARGET_VAL_TOKEN_ACCURACY = 0.90
+# Issue 20's raised target: the mean greedy val token accuracy of runs that differ in their seed alone.
+TARGET_MEAN_VAL_TOKEN_ACCURACY = 0.91
+SEEDS_FOR_MEAN_TARGET = 2
 # Val is also reconstructed with a beam search of this width (an extra number; the target is greedy's).
 BEAM_WIDTH = 5
 # Multi30k captions are short (about 13 tokens): a wider GRU and code than the IMDB-shaped
@@ -140,6 +143,45 @@ def score_validation(run_dir: Path, data_dir: Path) -> dict:
     }
 
 
+def _settings_but_seed(section: dict) -> dict:
+    return {key: value for key, value in section.get("config", {}).items() if key != "seed"}
+
+
+def _seed_run(section: dict) -> dict:
+    provenance = section.get("provenance") or {}
+    return {
+        "seed": section["config"]["seed"],
+        "val_token_accuracy": section["val_token_accuracy"],
+        "val_exact_match": section["val_exact_match"],
+        "epochs_run": section.get("epochs_run"),
+        "wall_seconds": section.get("wall_seconds"),
+        "commit": provenance.get("commit"),
+        "cpu_model": provenance.get("cpu_model"),
+    }
+
+
+def with_seed_runs(section: dict, previous: dict | None) -> dict:
+    """``section`` with ``seed_runs``: its val figures beside those of the earlier runs of the same settings.
+
+    Runs count together when their configs are equal but for the seed (a run of other settings
+    starts the list again; a run of a seed already listed replaces that entry). The raised target
+    is on their mean, ``val_token_accuracy_mean``, over at least ``SEEDS_FOR_MEAN_TARGET`` seeds.
+    """
+    runs = []
+    if previous and "config" in previous and _settings_but_seed(previous) == _settings_but_seed(section):
+        runs = [run for run in previous.get("seed_runs", [_seed_run(previous)])
+                if run["seed"] != section["config"]["seed"]]
+    runs.append(_seed_run(section))
+    mean = sum(run["val_token_accuracy"] for run in runs) / len(runs)
+    return {
+        **section,
+        "seed_runs": runs,
+        "val_token_accuracy_mean": round(mean, 4),
+        "target_val_token_accuracy_mean": TARGET_MEAN_VAL_TOKEN_ACCURACY,
+        "target_mean_met": bool(len(runs) >= SEEDS_FOR_MEAN_TARGET and mean >= TARGET_MEAN_VAL_TOKEN_ACCURACY),
+    }
+
+
 def _sentiment_arm(run) -> dict:
     metrics = run.result.metrics
     return {
@@ -226,6 +268,13 @@ def table(results: dict) -> str:
             f"| Multi30k en val, greedy token accuracy (target ≥ 90%) | {multi30k['val_token_accuracy']:.1%} "
             f"(exact match {multi30k['val_exact_match']:.1%}, {multi30k['epochs_run']} epochs) | {_sessions_text(multi30k)} |"
         )
+        seed_runs = multi30k.get("seed_runs", [])
+        if len(seed_runs) >= 2:
+            each = ", ".join(f"seed {run['seed']}: {run['val_token_accuracy']:.1%}" for run in seed_runs)
+            rows.append(
+                f"| same settings, mean of {len(seed_runs)} seeds (target ≥ {TARGET_MEAN_VAL_TOKEN_ACCURACY:.0%}) | "
+                f"{multi30k['val_token_accuracy_mean']:.1%} ({each}) | |"
+            )
         if "val_beam_token_accuracy" in multi30k:
             rows.append(
                 f"| same model, beam search of {multi30k['val_beam_width']} | "
@@ -306,8 +355,9 @@ def main(argv=None) -> dict:
         if "multi30k" not in previous:
             parser.error("--rescore-multi30k needs a multi30k section in --results")
         section = previous["multi30k"]
-        results["multi30k"] = {**section, **score_validation(Path(section["run_dir"]), Path(arguments.multi30k_data_dir)),
-                               "rescore_provenance": provenance(started, command)}
+        rescored = {**section, **score_validation(Path(section["run_dir"]), Path(arguments.multi30k_data_dir)),
+                    "rescore_provenance": provenance(started, command)}
+        results["multi30k"] = with_seed_runs(rescored, section)
         write(results)
         print(table(results))
         return results
@@ -316,6 +366,7 @@ def main(argv=None) -> dict:
         results["multi30k"] = run_multi30k(arguments, parse_set_options(arguments.set_multi30k),
                                            previous.get("multi30k"))
         results["multi30k"]["provenance"] = provenance(part_started, command)
+        results["multi30k"] = with_seed_runs(results["multi30k"], previous.get("multi30k"))
         write(results)
     part_started = provenance_start()
     if arguments.repeat_dai_le:

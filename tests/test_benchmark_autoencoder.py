@@ -59,6 +59,10 @@ def test_records_both_parts_with_their_settings(first_run):
         assert block["reconstructed"] is False and block["command"] == results["command"]
         assert {"commit", "dirty", "date", "cpu_model", "load_average_at_start", "load_average_at_end"} <= set(block)
     assert "earlier_provenance" not in multi30k  # a fresh run
+    # One seed so far: its own figure is the mean, and one seed cannot meet the mean's target.
+    assert [run["seed"] for run in multi30k["seed_runs"]] == [multi30k["config"]["seed"]]
+    assert multi30k["val_token_accuracy_mean"] == multi30k["val_token_accuracy"]
+    assert multi30k["target_mean_met"] is False
 
 
 def test_resume_adds_a_session_and_rescore_keeps_the_training_record(first_run):
@@ -88,3 +92,24 @@ def test_a_resume_without_the_earlier_record_shows_its_time_as_unknown():
     section = {"wall_seconds": None, "sessions": [None, 6330.0]}
     assert benchmark._sessions_text(section) == "? + 105.5 min"
     assert benchmark._sessions_text({"wall_seconds": 120.0}) == "2.0 min"
+
+
+def _section(seed, accuracy, **config):
+    return {"config": {"seed": seed, "units": 256, **config}, "val_token_accuracy": accuracy,
+            "val_exact_match": accuracy - 0.2, "provenance": {"commit": f"c{seed}", "cpu_model": "x"}}
+
+
+def test_seeds_of_the_same_settings_are_averaged_and_other_settings_start_again():
+    first = benchmark.with_seed_runs(_section(1337, 0.905), None)
+    second = benchmark.with_seed_runs(_section(7, 0.917), first)
+    assert [run["seed"] for run in second["seed_runs"]] == [1337, 7]
+    assert second["val_token_accuracy_mean"] == pytest.approx(0.911)
+    assert second["target_mean_met"] is True
+    low = benchmark.with_seed_runs(_section(7, 0.913), first)
+    assert low["val_token_accuracy_mean"] == pytest.approx(0.909) and low["target_mean_met"] is False
+    # The same seed again replaces its entry; another setting starts a new list.
+    again = benchmark.with_seed_runs(_section(7, 0.90), second)
+    assert [(run["seed"], run["val_token_accuracy"]) for run in again["seed_runs"]] == [(1337, 0.905), (7, 0.90)]
+    other = benchmark.with_seed_runs(_section(42, 0.95, units=512), second)
+    assert [run["seed"] for run in other["seed_runs"]] == [42] and other["target_mean_met"] is False
+    assert "mean of 2 seeds" in benchmark.table({"multi30k": {**second, "epochs_run": 3, "wall_seconds": 60.0}})

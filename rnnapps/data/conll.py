@@ -192,6 +192,9 @@ class Vocabularies:
     chars: list[str]
     tags: list[str]
     word_counts: dict[str, int] = field(default_factory=dict, repr=False)
+    #: with ``keep_vectors_fixed``: how many leading words have no pretrained vector (the words
+    #: training may update); None when every word training reads may be updated
+    words_without_vectors: int | None = None
 
     @classmethod
     def from_sentences(
@@ -200,6 +203,7 @@ class Vocabularies:
         min_word_count: int = 1,
         min_char_count: int = 1,
         extra_words: Iterable[str] = (),
+        keep_vectors_fixed: bool = False,
     ) -> Vocabularies:
         """Vocabularies of ``sentences`` (the training split).
 
@@ -211,6 +215,10 @@ class Vocabularies:
                 training words (e.g. the words of a pretrained embedding file). Those
                 seen in training (below ``min_word_count``) come first, so every word
                 training can update is in the leading :attr:`trained_word_rows` rows.
+            keep_vectors_fixed: order the training words without a pretrained vector
+                (not in ``extra_words``) before those with one, so that the rows a
+                tagger that keeps the pretrained vectors fixed updates are the leading
+                :attr:`updated_word_rows`.
         """
         if min_word_count < 1 or min_char_count < 1:
             raise ValueError(
@@ -227,8 +235,14 @@ class Vocabularies:
             tag_set.update(sentence.tags)
         # Most frequent first, ties alphabetical: deterministic across runs.
         words = [w for w, c in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])) if c >= min_word_count]
-        known = set(words)
         extra_words = list(extra_words)
+        words_without_vectors = None
+        if keep_vectors_fixed:
+            with_vectors = set(extra_words)
+            without = [w for w in words if w not in with_vectors]
+            words = without + [w for w in words if w in with_vectors]
+            words_without_vectors = len(without)
+        known = set(words)
         seen_first = [w for w in extra_words if word_counts.get(w)] + [w for w in extra_words if not word_counts.get(w)]
         for word in seen_first:
             if word and word not in known:
@@ -236,7 +250,8 @@ class Vocabularies:
                 known.add(word)
         chars = [ch for ch, c in sorted(char_counts.items(), key=lambda item: (-item[1], item[0])) if c >= min_char_count]
         tags = sorted(tag_set, key=lambda tag: (tag != "O", tag[2:], tag))
-        return cls(words=words, chars=chars, tags=tags, word_counts=dict(word_counts))
+        return cls(words=words, chars=chars, tags=tags, word_counts=dict(word_counts),
+                   words_without_vectors=words_without_vectors)
 
     @property
     def trained_word_rows(self) -> int:
@@ -249,6 +264,17 @@ class Vocabularies:
         if not self.word_counts:  # counts unknown: every row may be trained
             return 2 + len(self.words)
         return 2 + sum(1 for word in self.words if self.word_counts.get(word))
+
+    @property
+    def updated_word_rows(self) -> int:
+        """Leading rows of the word lookup that training updates.
+
+        :attr:`trained_word_rows`, or, for vocabularies built with ``keep_vectors_fixed``,
+        padding, ``[UNK]`` and the training words that have no pretrained vector.
+        """
+        if self.words_without_vectors is None:
+            return self.trained_word_rows
+        return 2 + self.words_without_vectors
 
     @property
     def num_tag_ids(self) -> int:

@@ -272,10 +272,11 @@ def build_ner_tagger(
             (``""`` padding id 0, ``[UNK]`` id 1), e.g. ``rnnapps.data.conll.make_lookup_layers``.
         tags: the tag strings (id ``i + 1`` is ``tags[i]``; 0 is padding).
         word_vectors: pretrained word rows in ``word_lookup``'s order, or None.
-        trained_word_rows: with ``word_vectors``, how many leading rows training can reach
-            (``Vocabularies.trained_word_rows``); the rest, words only the vector file has,
-            are kept fixed in a :class:`PartlyFrozenEmbedding`, which trains the same model
-            without Adam's dense update of every pretrained row. None: all rows train.
+        trained_word_rows: with ``word_vectors``, how many leading rows training updates
+            (``Vocabularies.updated_word_rows``); the rest (words only the vector file has,
+            and with ``keep_vectors_fixed`` every word that has a vector) are kept fixed in a
+            :class:`PartlyFrozenEmbedding`, which also spares Adam a dense update of every
+            pretrained row. None: all rows train.
         word_dropout: share of training words read as ``[UNK]`` (:class:`UnknownWordDropout`; 0: off).
         char_*: the character encoder (``char_encoder`` ``"cnn"`` or ``"lstm"``); ``max_chars`` per token.
         cell, units, depth, dropout, recurrent_dropout: the word-level encoder.

@@ -75,6 +75,11 @@ class NerConfig(TrainingConfig):
     # None: chosen by whether word vectors are loaded (see word_dropout_rate), because the best rate
     # depends on how many test words the tagger will not know.
     word_dropout: float | None = None
+    # False: words of the embeddings file keep their pretrained vectors; only [UNK] and training
+    # words without a vector are trained. A test word training never saw then sits in the same
+    # space as the training words around it (fine-tuned rows drift from the untouched file rows).
+    # No effect without embeddings.
+    fine_tune_vectors: bool = True
     char_encoder: str = "cnn"
     char_embedding_dim: int = 25
     char_units: int = 25
@@ -165,7 +170,8 @@ class NerPipeline(Pipeline):
         splits = {**splits, **{split: evaluation_subset(splits[split], config.max_eval_examples)
                                for split in ("valid", "test")}}
         extra_words = vector_file_words(config.embeddings, normalise=text_ops.normalise_word) if config.embeddings else ()
-        vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words)
+        vocab = conll.Vocabularies.from_sentences(train, min_word_count=config.min_word_count, extra_words=extra_words,
+                                                  keep_vectors_fixed=bool(config.embeddings) and not config.fine_tune_vectors)
         word_vectors = conll.word_lookup_vectors(config.embeddings, vocab, config.word_embedding_dim,
                                                  config.seed) if config.embeddings else None
         return Datasets(
@@ -188,7 +194,7 @@ class NerPipeline(Pipeline):
             vocab.tags,
             word_embedding_dim=config.word_embedding_dim,
             word_vectors=datasets.info.word_vectors,
-            trained_word_rows=vocab.trained_word_rows,
+            trained_word_rows=vocab.updated_word_rows,
             word_dropout=config.word_dropout_rate,
             char_embedding_dim=config.char_embedding_dim,
             char_encoder=config.char_encoder,

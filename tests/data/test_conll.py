@@ -97,6 +97,17 @@ def test_vocabularies_come_from_train_only():
     assert with_singleton.words[-2:] == ["maria", "oslo"]
     assert with_singleton.trained_word_rows == 2 + len(with_singleton.words) - 1
     assert conll.Vocabularies(words=["a", "b"], chars=[], tags=[]).trained_word_rows == 4
+    assert with_singleton.updated_word_rows == with_singleton.trained_word_rows
+    # Keeping the vectors fixed: training words without a vector first, so the rows training
+    # updates are a prefix; the same words, and a file word seen in training is still a row.
+    fixed = conll.Vocabularies.from_sentences(splits["train"], min_word_count=2, extra_words=["the", "maria", "oslo"],
+                                              keep_vectors_fixed=True)
+    leading = fixed.words[: fixed.updated_word_rows - 2]
+    assert leading and "the" not in leading and "maria" not in leading
+    assert set(fixed.words) == set(conll.Vocabularies.from_sentences(
+        splits["train"], min_word_count=2, extra_words=["the", "maria", "oslo"]).words)
+    assert fixed.words[fixed.updated_word_rows - 2:] == ["the", "maria", "oslo"]
+    assert fixed.trained_word_rows == 2 + len(fixed.words) - 1
     with pytest.raises(ValueError, match="min_word_count"):
         conll.Vocabularies.from_sentences(splits["train"], min_word_count=0)
 

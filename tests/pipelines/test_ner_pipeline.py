@@ -207,6 +207,28 @@ def test_pretrained_vectors_initialise_the_word_embedding(tmp_path):
     np.testing.assert_allclose(reloaded.encoder(sentence).numpy(), model.encoder(sentence).numpy(), atol=1e-5)
 
 
+def test_fixed_vectors_train_only_the_words_without_one():
+    config = dataclasses.replace(resolve_config(NerConfig, "smoke"), embeddings=str(GLOVE), word_embedding_dim=3,
+                                 fine_tune_vectors=False)
+    datasets = PIPELINE.load_data(config, FIXTURE_DATA)
+    model = PIPELINE.build_model(config, datasets)
+    vocabulary = model.encoder.get_layer("word_lookup").get_vocabulary()
+    embedding = model.encoder.get_layer("word_embedding")
+    vocab = datasets.info.vocabularies
+    assert embedding.trainable_rows == vocab.updated_word_rows < vocab.trained_word_rows
+    # "rome" is a training word with a vector: fixed now; "lopez" has none: trained.
+    assert vocabulary.index("rome") >= embedding.trainable_rows > vocabulary.index("lopez")
+    before = keras.ops.convert_to_numpy(embedding.embedding_matrix())
+    model.fit(datasets.train.take(2), epochs=1, verbose=0)
+    after = keras.ops.convert_to_numpy(embedding.embedding_matrix())
+    np.testing.assert_array_equal(after[vocabulary.index("rome")], np.float32([-0.1, 0.4, 0.3]))
+    np.testing.assert_array_equal(after[embedding.trainable_rows:], before[embedding.trainable_rows:])
+    assert not np.allclose(after[: embedding.trainable_rows], before[: embedding.trainable_rows])
+    # Without a vector file the setting changes nothing.
+    plain = dataclasses.replace(config, embeddings=None, word_embedding_dim=8)
+    assert PIPELINE.load_data(plain, FIXTURE_DATA).info.vocabularies.words_without_vectors is None
+
+
 def test_bad_decoder_is_a_config_error():
     with pytest.raises(ConfigError, match="decoder='beam' is not one of crf, softmax"):
         PIPELINE.load_data(dataclasses.replace(NerConfig(), decoder="beam"), FIXTURE_DATA)
