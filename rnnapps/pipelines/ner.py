@@ -78,7 +78,8 @@ class NerConfig(TrainingConfig):
     # False: words of the embeddings file keep their pretrained vectors; only [UNK] and training
     # words without a vector are trained. A test word training never saw then sits in the same
     # space as the training words around it (fine-tuned rows drift from the untouched file rows).
-    # No effect without embeddings.
+    # No effect without embeddings. With GloVe-50d on CoNLL-2003 it scored test F1 0.8977 against
+    # 0.9010 fine-tuned (docs/ner.md), so fine-tuning stays the default.
     fine_tune_vectors: bool = True
     char_encoder: str = "cnn"
     char_embedding_dim: int = 25
